@@ -1,0 +1,45 @@
+# Two commands on a fresh clone: `make run` and `make test` (see README.md).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+REGISTRY ?= var/registry
+
+.DEFAULT_GOAL := help
+.PHONY: help run test lint typecheck unit bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Reinstall only when the project metadata changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	@touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@ $(VENV)/.installed
+
+run: $(VENV)/.installed  ## train the demo model if none is active, then score a demo file
+	FRAUDSCORE_REGISTRY=$(REGISTRY) $(BIN)/fraudscore demo
+
+lint: $(VENV)/.installed-dev  ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.installed-dev  ## mypy (strict on service/ and training/)
+	$(BIN)/mypy
+
+unit: $(VENV)/.installed-dev  ## pytest
+	$(BIN)/pytest
+
+test: lint typecheck unit  ## everything CI runs: lint, types, tests
+
+bench: $(VENV)/.installed-dev  ## quick versions of every benchmark
+	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b --quick || exit 1; done
+
+clean:  ## remove the virtualenv, caches and local state (registry included)
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,302 @@
+"""Detection quality on labelled ADBench sets: K-Means + calibrated thresholds vs Isolation Forest.
+
+Unsupervised protocol (see ../shared/data/README.md): standardise on the training split, fit
+K-Means (k=10, SageMaker kmeans:1 defaults) without labels on a seeded 80 % split, calibrate
+thresholds on the other 20 % with the default policy, score every row; labels are used only
+to measure. The Isolation Forest baseline (scikit-learn defaults, fixed random_state) is fitted
+on the same split in the same run and judged at the same alert rate as ours.
+
+    .venv/bin/python benchmarks/quality.py            # the table
+    .venv/bin/python benchmarks/quality.py --seeds 5 --explore  # + other seeds, other rules, k
+    .venv/bin/python benchmarks/quality.py --quick    # the three smallest sets
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from sklearn.ensemble import IsolationForest
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from training.calibration import SHARE_WEIGHT, SPREAD_WEIGHT, calibrate
+from training.features import FeatureFitter, FeatureSpec, NumericField
+from training.hyperparameters import KMeansHyperparameters
+from training.kmeans import assign, fit_arrays
+from training.thresholds import ThresholdPolicy, judge
+
+QUICK_SETS = ("6_cardio", "38_thyroid", "28_pendigits")
+ALLOWED_DEVIATION = 0.30  # flagged share within ±30 % of the configured alert rate
+
+
+def data_dir() -> Path:
+    """Where the labelled .npz sets live (FRAUDSCORE_DATA_DIR overrides)."""
+    override = os.environ.get("FRAUDSCORE_DATA_DIR")
+    if override:
+        return Path(override)
+    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One dataset, standardised on its training split and clustered."""
+
+    name: str
+    y: npt.NDArray[np.bool_]
+    test: npt.NDArray[np.bool_]
+    x: npt.NDArray[np.float64]
+    clusters: npt.NDArray[np.int64]
+    distances: npt.NDArray[np.float64]
+    shares: npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Quality of one decision rule on one dataset."""
+
+    roc_auc: float
+    pr_auc: float
+    flagged: float
+    recall: float
+    alerts: int
+
+
+def load_sets(quick: bool) -> Iterator[tuple[str, npt.NDArray[np.float64], npt.NDArray[np.bool_]]]:
+    """(name, X, y) for every .npz set, smallest first."""
+    files = sorted(data_dir().glob("*.npz"), key=lambda p: p.stat().st_size)
+    if not files:
+        raise SystemExit(f"no .npz datasets in {data_dir()} (set FRAUDSCORE_DATA_DIR)")
+    for path in files:
+        if quick and path.stem not in QUICK_SETS:
+            continue
+        with np.load(path, allow_pickle=False) as data:
+            yield path.stem, data["X"].astype(np.float64), data["y"].astype(np.int64) == 1
+
+
+def split(n: int, seed: int) -> npt.NDArray[np.bool_]:
+    """Seeded 80/20 split: True marks the held-out (calibration) rows."""
+    test = np.zeros(n, dtype=np.bool_)
+    test[np.random.default_rng(seed).permutation(n)[: n // 5]] = True
+    return test
+
+
+def standardise(
+    x: npt.NDArray[np.float64], train: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.float64]:
+    """Fit a standard-scaling FeatureSpec on the training rows, transform all rows."""
+    names = [f"x{j}" for j in range(x.shape[1])]
+    spec = FeatureSpec(fields=tuple(NumericField(name) for name in names))
+    fitter = FeatureFitter(spec)
+    fitter.update({name: x[train, j] for j, name in enumerate(names)})
+    fitted = fitter.finish()
+    return fitted.transform({name: x[:, j] for j, name in enumerate(names)}).X
+
+
+def prepare(
+    name: str, x_raw: npt.NDArray[np.float64], y: npt.NDArray[np.bool_], k: int, seed: int
+) -> Prepared:
+    """Standardise, fit K-Means on the training split, assign every row."""
+    test = split(x_raw.shape[0], seed)
+    x = standardise(x_raw, ~test)
+    hp = KMeansHyperparameters(k=k, feature_dim=x.shape[1])
+    result = fit_arrays(x[~test], hp, seed=seed)
+    clusters, distances = assign(x, result.centroids)
+    shares = result.cluster_weights / result.cluster_weights.sum()
+    return Prepared(name, y, test, x, clusters, distances, shares)
+
+
+def ours(
+    p: Prepared,
+    policy: ThresholdPolicy,
+    *,
+    spread_weight: float = SPREAD_WEIGHT,
+    share_weight: float = SHARE_WEIGHT,
+) -> Outcome:
+    """Calibrate on the held-out rows, judge every row."""
+    t = calibrate(
+        p.clusters[p.test],
+        p.distances[p.test],
+        cluster_shares=p.shares,
+        policy=policy,
+        model_version="bench",
+        spread_weight=spread_weight,
+        share_weight=share_weight,
+    )
+    verdict = judge(t, p.clusters, p.distances)
+    flagged = verdict.anomalous
+    return Outcome(
+        roc_auc=float(roc_auc_score(p.y, verdict.score)),
+        pr_auc=float(average_precision_score(p.y, verdict.score)),
+        flagged=float(flagged.mean()),
+        recall=float((flagged & p.y).sum() / p.y.sum()),
+        alerts=int(flagged.sum()),
+    )
+
+
+def isolation_forest(p: Prepared, alerts: int, seed: int) -> Outcome:
+    """Isolation Forest on the same training rows, judged flagging the same number of rows."""
+    forest = IsolationForest(random_state=seed).fit(p.x[~p.test])
+    score = -forest.score_samples(p.x)
+    top = np.argsort(-score, kind="stable")[:alerts]
+    return Outcome(
+        roc_auc=float(roc_auc_score(p.y, score)),
+        pr_auc=float(average_precision_score(p.y, score)),
+        flagged=alerts / p.y.shape[0],
+        recall=float(p.y[top].sum() / p.y.sum()),
+        alerts=alerts,
+    )
+
+
+def table(prepared: Sequence[Prepared], policy: ThresholdPolicy, seed: int) -> bool:
+    """Print the comparison table; True when both targets are met."""
+    rate = policy.expected_alert_rate
+    print(
+        f"policy {policy.kind} {policy.value} (alert rate {rate:.2%}), rare_share "
+        f"{policy.rare_share}, spread_weight {SPREAD_WEIGHT}, share_weight {SHARE_WEIGHT}"
+    )
+    head = (
+        f"{'dataset':<16}{'rows':>7}{'anom':>7} | {'ROC':>6}{'PR':>6}{'flagged':>9}{'recall':>8}"
+        f" | {'IF ROC':>7}{'IF PR':>7}{'IF rec':>8}"
+    )
+    print(head)
+    print("-" * len(head))
+    cols: dict[str, list[float]] = {}
+    within = True
+    for p in prepared:
+        a = ours(p, policy)
+        b = isolation_forest(p, a.alerts, seed)
+        ok = abs(a.flagged / rate - 1.0) <= ALLOWED_DEVIATION
+        within &= ok
+        row = {
+            "rows": float(p.y.shape[0]),
+            "anom": float(p.y.mean()),
+            "roc": a.roc_auc,
+            "pr": a.pr_auc,
+            "flagged": a.flagged,
+            "recall": a.recall,
+            "if_roc": b.roc_auc,
+            "if_pr": b.pr_auc,
+            "if_recall": b.recall,
+        }
+        for key, value in row.items():
+            cols.setdefault(key, []).append(value)
+        print(_row(p.name, row, "" if ok else "  <- flagged share off target"))
+    print("-" * len(head))
+    median = {key: statistics.median(values) for key, values in cols.items()}
+    print(_row("median", median, ""))
+    beat = median["roc"] >= median["if_roc"]
+    print(
+        f"target: median ROC-AUC {median['roc']:.3f} vs Isolation Forest {median['if_roc']:.3f}"
+        f" -> {'met' if beat else 'MISSED'}; flagged share within ±{ALLOWED_DEVIATION:.0%} of "
+        f"{rate:.2%} on every set -> {'met' if within else 'MISSED'}"
+    )
+    return beat and within
+
+
+def _row(name: str, r: dict[str, float], note: str) -> str:
+    return (
+        f"{name:<16}{r['rows']:>7.0f}{r['anom']:>7.1%} | {r['roc']:>6.3f}{r['pr']:>6.3f}"
+        f"{r['flagged']:>9.2%}{r['recall']:>8.3f} | {r['if_roc']:>7.3f}{r['if_pr']:>7.3f}"
+        f"{r['if_recall']:>8.3f}{note}"
+    )
+
+
+def explore(
+    sets: Sequence[tuple[str, npt.NDArray[np.float64], npt.NDArray[np.bool_]]],
+    seeds: Sequence[int],
+    ks: Sequence[int],
+) -> None:
+    """Decision-rule variants per k, averaged over seeds: ROC-AUC margin and flagged share."""
+    print(
+        f"\nexplore (seeds {list(seeds)}): median-over-sets ROC-AUC minus Isolation Forest's, "
+        "averaged over seeds;\nshare of (set, seed) runs flagging within ±30 % of 1 %; "
+        "[min, max] flagged share"
+    )
+    variants = [
+        ("per-cluster normalised (spread 1, share 0)", 1.0, 0.0, 0.005),
+        ("half normalised (spread 0.5, share 0)", 0.5, 0.0, 0.005),
+        ("global distance cut (spread 0, share 0)", 0.0, 0.0, 0.005),
+        ("global cut, no rare rule", 0.0, 0.0, 0.0),
+        ("global cut, rare_share 0.02", 0.0, 0.0, 0.02),
+        ("share-weighted (spread 0, share 1)", 0.0, 1.0, 0.005),
+        ("share-weighted (spread 0.5, share 0.5)", 0.5, 0.5, 0.005),
+        ("share-weighted (spread 0.5, share 1)", 0.5, 1.0, 0.005),
+        ("share-weighted (spread 1, share 1)", 1.0, 1.0, 0.005),
+        ("share-weighted (spread 0.5, share 1.25)", 0.5, 1.25, 0.005),
+        ("share-weighted (spread 0.5, share 1.5)", 0.5, 1.5, 0.005),
+        ("share-weighted (spread 0.5, share 2)", 0.5, 2.0, 0.005),
+        ("share-weighted (spread 0.5, share 1), no rare rule", 0.5, 1.0, 0.0),
+    ]
+    for k in ks:
+        runs = [[prepare(name, x, y, k, seed) for name, x, y in sets] for seed in seeds]
+        forest = [
+            statistics.median(isolation_forest(p, 1, seed).roc_auc for p in prepared)
+            for seed, prepared in zip(seeds, runs, strict=True)
+        ]
+        print(f"k={k} (Isolation Forest median ROC-AUC {statistics.mean(forest):.3f})")
+        for label, spread, share, rare in variants:
+            policy = ThresholdPolicy(rare_share=rare)
+            margins, flagged = [], []
+            for prepared, baseline in zip(runs, forest, strict=True):
+                out = [ours(p, policy, spread_weight=spread, share_weight=share) for p in prepared]
+                margins.append(statistics.median(o.roc_auc for o in out) - baseline)
+                flagged.extend(o.flagged for o in out)
+            within = np.mean([abs(f / 0.01 - 1.0) <= ALLOWED_DEVIATION for f in flagged])
+            print(
+                f"  {label:<52} ROC {statistics.mean(margins):+.3f}  within {within:4.0%}"
+                f"  flagged [{min(flagged):.2%}, {max(flagged):.2%}]"
+            )
+
+
+def robustness(
+    sets: Sequence[tuple[str, npt.NDArray[np.float64], npt.NDArray[np.bool_]]],
+    seeds: Sequence[int],
+    k: int,
+) -> None:
+    """The default rule over several seeds (split, K-Means and forest seeds all vary)."""
+    print(f"\nrobustness of the defaults over seeds {list(seeds)} (k={k}):")
+    policy = ThresholdPolicy()
+    for seed in seeds:
+        prepared = [prepare(name, x, y, k, seed) for name, x, y in sets]
+        out = [ours(p, policy) for p in prepared]
+        forest = [isolation_forest(p, o.alerts, seed) for p, o in zip(prepared, out, strict=True)]
+        auc = statistics.median(o.roc_auc for o in out)
+        base = statistics.median(f.roc_auc for f in forest)
+        within = sum(abs(o.flagged / 0.01 - 1.0) <= ALLOWED_DEVIATION for o in out)
+        shares = " ".join(f"{o.flagged:.2%}" for o in out)
+        print(
+            f"  seed {seed}: median ROC-AUC {auc:.3f} vs IF {base:.3f} ({auc - base:+.3f}); "
+            f"flagged {shares} ({within}/{len(out)} within ±30 %)"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the comparison (and optionally the decision-rule exploration)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="only the three smallest sets")
+    parser.add_argument("--explore", action="store_true", help="also compare decision rules")
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds", type=int, default=0, help="also rerun the defaults with seeds 0..N-1"
+    )
+    args = parser.parse_args(argv)
+    sets = list(load_sets(args.quick))
+    prepared = [prepare(name, x, y, args.k, args.seed) for name, x, y in sets]
+    met = table(prepared, ThresholdPolicy(), args.seed)
+    seeds = list(range(args.seeds)) or [args.seed]
+    if args.seeds:
+        robustness(sets, seeds, args.k)
+    if args.explore:
+        explore(sets, seeds, (5, 10, 20, 40))
+    return 0 if met or args.quick else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The fraudscore scoring service: pure scoring core, CLI and (later) HTTP API."""

@@ -1,0 +1,356 @@
+"""The ``fraudscore`` command line: demo data, training, file scoring, model listing.
+
+Every command has ``--help``; bad input ends with one line on stderr and a non-zero exit
+(2 for usage errors, 1 for errors in data, models or registries).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from service.file_scoring import score_file
+from service.models import load_active
+from training.demo import DEMO_FEATURES, LABEL_COLUMN, DemoConfig, generate, write_csv
+from training.errors import FraudscoreError
+from training.kmeans import CONTAINER_DATE_FORMAT, CONTAINER_LOG_FORMAT
+from training.pipeline import TrainOutcome, TrainRequest, train
+from training.registry import Registry, open_registry
+from training.thresholds import ThresholdPolicy
+
+DEFAULT_REGISTRY = "var/registry"
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, not a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
+    return value
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _registry_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--registry",
+        default=os.environ.get("FRAUDSCORE_REGISTRY", DEFAULT_REGISTRY),
+        help="registry directory (default: $FRAUDSCORE_REGISTRY or %(default)s)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full command-line grammar."""
+    parser = _Parser(prog="fraudscore", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log training in the SageMaker format"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("demo-data", help="write synthetic card transactions with labels")
+    p.add_argument("--rows", type=_positive_int, default=50_000, help="rows (default %(default)s)")
+    p.add_argument("--out", type=Path, required=True, help="CSV file to write")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    p.add_argument(
+        "--anomaly-share",
+        type=_fraction,
+        default=0.02,
+        help="share of labelled anomalies (default %(default)s)",
+    )
+
+    p = sub.add_parser("train", help="train, calibrate, register and activate a model")
+    p.add_argument("--data", type=Path, required=True, help="training CSV with a header row")
+    p.add_argument("--label-column", help="0/1 label column: excluded from features, reported on")
+    p.add_argument("--features", type=Path, help="feature spec JSON (default: inferred)")
+    p.add_argument("--k", type=_positive_int, default=10, help="clusters (default %(default)s)")
+    p.add_argument(
+        "--hyperparameter",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="SageMaker kmeans hyperparameter, repeatable (e.g. mini_batch_size=5000)",
+    )
+    p.add_argument("--tune", action="store_true", help="Bayesian search minimising test:msd")
+    p.add_argument("--max-jobs", type=_positive_int, default=10, help="tuning trials")
+    p.add_argument("--max-parallel", type=_positive_int, default=2, help="trials at once")
+    p.add_argument("--strategy", choices=("Bayesian", "Random"), default="Bayesian")
+    policy = p.add_mutually_exclusive_group()
+    policy.add_argument(
+        "--quantile", type=_fraction, help="per-cluster threshold quantile (default 0.99)"
+    )
+    policy.add_argument(
+        "--target-alert-rate", type=_fraction, help="overall share of rows to flag instead"
+    )
+    p.add_argument(
+        "--rare-share",
+        type=float,
+        default=ThresholdPolicy().rare_share,
+        help="clusters below this training share are rare patterns (default %(default)s)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    p.add_argument("--tag", type=_key_value, action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--no-activate", action="store_true", help="register without activating")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _registry_arg(p)
+
+    p = sub.add_parser("score-file", help="score a CSV file with the active model")
+    p.add_argument("--in", dest="source", type=Path, required=True, help="CSV to score")
+    p.add_argument("--out", type=Path, required=True, help="CSV to write")
+    p.add_argument("--chunk-rows", type=_positive_int, default=65_536, help=argparse.SUPPRESS)
+    _registry_arg(p)
+
+    p = sub.add_parser("models", help="inspect registered models")
+    models = p.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
+    lp = models.add_parser("list", help="list model versions, newest last")
+    lp.add_argument("--json", action="store_true", help="print JSON")
+    _registry_arg(lp)
+
+    p = sub.add_parser(
+        "demo", help="train the demo model if none is active, then score a fresh demo file"
+    )
+    _registry_arg(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    if args.verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(CONTAINER_LOG_FORMAT, CONTAINER_DATE_FORMAT))
+        logging.getLogger("training").addHandler(handler)
+        logging.getLogger("training").setLevel(logging.INFO)
+    try:
+        return _dispatch(args)
+    except FraudscoreError as exc:
+        print(f"fraudscore: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:
+        print(f"fraudscore: error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("fraudscore: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    progress = not args.no_progress
+    if args.command == "demo-data":
+        config = DemoConfig(rows=args.rows, seed=args.seed, anomaly_share=args.anomaly_share)
+        write_csv(generate(config), args.out)
+        print(f"wrote {args.rows} transactions to {args.out} (label column '{LABEL_COLUMN}')")
+        return 0
+    if args.command == "train":
+        outcome = train(_train_request(args), open_registry(args.registry), progress=progress)
+        if args.json:
+            print(json.dumps(_outcome_json(outcome), indent=2))
+        else:
+            _print_outcome(outcome)
+        return 0
+    if args.command == "score-file":
+        model = load_active(open_registry(args.registry), where=str(args.registry))
+        summary = score_file(
+            model, args.source, args.out, chunk_rows=args.chunk_rows, progress=progress
+        )
+        share = summary.anomalous / summary.rows if summary.rows else 0.0
+        print(
+            f"scored {summary.rows} rows with model {summary.model_version} "
+            f"(thresholds v{summary.thresholds_version}): {summary.anomalous} anomalous "
+            f"({share:.2%}) -> {summary.output}"
+        )
+        return 0
+    if args.command == "models":
+        _list_models(open_registry(args.registry), as_json=args.json)
+        return 0
+    if args.command == "demo":
+        return _demo(args.registry, progress=progress)
+    raise AssertionError(f"unhandled command {args.command}")  # argparse enforces the choices
+
+
+def _train_request(args: argparse.Namespace) -> TrainRequest:
+    features: dict[str, Any] | None = None
+    if args.features is not None:
+        try:
+            features = json.loads(args.features.read_text())
+        except json.JSONDecodeError as exc:
+            raise FraudscoreError(f"{args.features}: not valid JSON: {exc}") from None
+    try:
+        if args.target_alert_rate is not None:
+            policy = ThresholdPolicy(
+                kind="target_alert_rate", value=args.target_alert_rate, rare_share=args.rare_share
+            )
+        else:
+            quantile = args.quantile if args.quantile is not None else 0.99
+            policy = ThresholdPolicy(kind="quantile", value=quantile, rare_share=args.rare_share)
+    except ValueError as exc:
+        raise FraudscoreError(str(exc)) from None
+    return TrainRequest(
+        data=args.data,
+        label_column=args.label_column,
+        features=features,
+        k=args.k,
+        hyperparameters=dict(args.hyperparameter),
+        tune=args.tune,
+        max_jobs=args.max_jobs,
+        max_parallel=args.max_parallel,
+        strategy=args.strategy,
+        policy=policy,
+        seed=args.seed,
+        tags=dict(args.tag),
+        activate=not args.no_activate,
+    )
+
+
+def _outcome_json(outcome: TrainOutcome) -> dict[str, Any]:
+    return {
+        "manifest": outcome.manifest.to_dict(),
+        "thresholds": outcome.thresholds.to_dict(),
+        "skipped_columns": dict(outcome.skipped_columns),
+        "activated": outcome.activated,
+    }
+
+
+def _print_outcome(outcome: TrainOutcome) -> None:
+    m, t = outcome.manifest, outcome.thresholds
+    state = "active" if outcome.activated else "registered, not active"
+    print(f"model {m.model_version} ({state}, thresholds v{t.version})")
+    print(
+        f"rows: {outcome.train_rows} train, {outcome.test_rows} held out; "
+        f"{m.feature_dim} feature columns from {len(m.feature_spec['fields'])} fields"
+    )
+    for column, why in outcome.skipped_columns.items():
+        print(f"skipped column {column}: {why}")
+    print("metrics: " + ", ".join(f"{k}={v:.6g}" for k, v in sorted(m.metrics.items())))
+    if outcome.tuning is not None:
+        best = outcome.tuning.best_training_job
+        print(
+            f"tuning: {len(outcome.tuning.trials)} trials, best {best['TrainingJobName']} "
+            f"test:msd={best['FinalHyperParameterTuningJobObjectiveMetric']['Value']:.6g} "
+            f"with {json.dumps(best['TunedHyperParameters'], sort_keys=True)}"
+        )
+    print(f"{'cluster':>7} {'share':>8} {'threshold':>10} {'held-out':>9} {'alerts':>7}  note")
+    for i in range(t.k):
+        note = "rare pattern" if t.rare[i] else ("fallback threshold" if t.fallback[i] else "")
+        print(
+            f"{i:>7} {m.cluster_shares[i]:>8.2%} {t.values[i]:>10.4f} {t.counts[i]:>9d} "
+            f"{t.alert_rates[i]:>7.2%}  {note}"
+        )
+    report = m.label_report
+    if report:
+        overall = report["overall"]
+        print(
+            "labels (held-out split): "
+            + ", ".join(
+                f"{key}={overall[key]:.4g}"
+                for key in ("alert_rate", "precision", "recall", "roc_auc", "pr_auc")
+                if overall.get(key) is not None
+            )
+        )
+
+
+def _list_models(registry: Registry, *, as_json: bool) -> None:
+    pointer = registry.active()
+    manifests = registry.list_models()
+    if as_json:
+        rows = [
+            {
+                "model_version": m.model_version,
+                "created_at": m.created_at,
+                "source": m.source,
+                "k": m.k,
+                "feature_dim": m.feature_dim,
+                "metrics": m.metrics,
+                "thresholds_versions": registry.list_thresholds(m.model_version),
+                "active": pointer is not None and pointer.model_version == m.model_version,
+                "active_thresholds_version": (
+                    pointer.thresholds_version
+                    if pointer is not None and pointer.model_version == m.model_version
+                    else None
+                ),
+            }
+            for m in manifests
+        ]
+        print(json.dumps(rows, indent=2))
+        return
+    if not manifests:
+        print("no models registered")
+        return
+    print(f"  {'version':<28} {'created':<26} {'source':<10} {'k':>3} {'test:msd':>10}  thresholds")
+    for m in manifests:
+        active = pointer is not None and pointer.model_version == m.model_version
+        versions = registry.list_thresholds(m.model_version)
+        shown = ",".join(
+            f"{v}*"
+            if active and pointer is not None and v == pointer.thresholds_version
+            else str(v)
+            for v in versions
+        )
+        msd = m.metrics.get("test:msd")
+        print(
+            f"{'*' if active else ' '} {m.model_version:<28} {m.created_at:<26} "
+            f"{m.source.get('kind', '?'):<10} {m.k:>3} "
+            f"{(f'{msd:.5g}' if msd is not None else '-'):>10}  {shown}"
+        )
+
+
+def _demo(registry_location: str, *, progress: bool) -> int:
+    registry = open_registry(registry_location)
+    workdir = Path(registry_location).parent / "demo"
+    if registry.active() is None:
+        train_csv = workdir / "train.csv"
+        print(f"no active model in {registry_location}: training the demo model on {train_csv}")
+        write_csv(generate(DemoConfig(rows=50_000, seed=0)), train_csv)
+        outcome = train(
+            TrainRequest(data=train_csv, label_column=LABEL_COLUMN, features=DEMO_FEATURES),
+            registry,
+            progress=progress,
+        )
+        _print_outcome(outcome)
+    source = workdir / "transactions.csv"
+    scored = workdir / "scored.csv"
+    write_csv(generate(DemoConfig(rows=10_000, seed=1)), source)
+    model = load_active(registry, where=registry_location)
+    summary = score_file(model, source, scored, progress=progress)
+    print(
+        f"scored {summary.rows} new transactions with model {summary.model_version} "
+        f"(thresholds v{summary.thresholds_version}): {summary.anomalous} flagged -> {scored}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

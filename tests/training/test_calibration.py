@@ -1,0 +1,387 @@
+"""Tests for training.calibration: threshold invariants, alert rates, label reports, metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from training.calibration import average_precision, calibrate, label_report, roc_auc
+from training.errors import DataError
+from training.thresholds import ThresholdPolicy, Thresholds, judge
+
+QUANTILE = ThresholdPolicy()
+
+
+def _sample(
+    seed: int, n: int, k: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Clusters of different widths with continuous distances, and equal shares."""
+    rng = np.random.default_rng(seed)
+    clusters = rng.integers(0, k, n)
+    distances = rng.gamma(2.0, 1.0, n) * (1.0 + clusters)
+    return clusters, distances, np.full(k, 1.0 / k)
+
+
+def _realised(t: Thresholds, clusters: npt.ArrayLike, distances: npt.ArrayLike) -> float:
+    return float(np.mean(judge(t, np.asarray(clusters), np.asarray(distances)).anomalous))
+
+
+samples = st.integers(1, 6).flatmap(
+    lambda k: st.tuples(
+        st.just(k),
+        st.lists(
+            st.tuples(
+                st.integers(0, k - 1),
+                st.one_of(st.just(0.0), st.floats(0.0, 1e6, allow_nan=False)),
+            ),
+            min_size=1,
+            max_size=80,
+        ),
+        st.lists(st.floats(0.0, 1.0), min_size=k, max_size=k),
+    )
+)
+
+
+@given(
+    sample=samples,
+    value=st.floats(0.5, 0.999),
+    kind=st.sampled_from(["quantile", "target_alert_rate"]),
+    min_points=st.integers(1, 40),
+)
+@settings(max_examples=150, deadline=None)
+def test_thresholds_are_finite_positive_and_consistent(
+    sample: tuple[int, list[tuple[int, float]], list[float]],
+    value: float,
+    kind: str,
+    min_points: int,
+) -> None:
+    k, rows, shares = sample
+    clusters = np.array([c for c, _ in rows])
+    distances = np.array([d for _, d in rows])
+    if kind == "target_alert_rate":
+        value = 1.0 - value
+    policy = ThresholdPolicy(kind=kind, value=value, min_points=min_points)  # type: ignore[arg-type]
+    t = calibrate(clusters, distances, cluster_shares=shares, policy=policy, model_version="m")
+    assert t.k == k
+    assert np.all(np.isfinite(t.values))
+    assert np.all(t.values > 0)
+    counts = np.bincount(clusters, minlength=k)
+    np.testing.assert_array_equal(t.counts, counts)
+    np.testing.assert_array_equal(t.fallback, counts < min_points)
+    np.testing.assert_array_equal(t.rare, np.array(shares) < policy.rare_share)
+    assert np.all((t.alert_rates >= 0) & (t.alert_rates <= 1))
+    # The recorded per-cluster rates are what judge does on the sample.
+    flagged = judge(t, clusters, distances).anomalous
+    for c in range(k):
+        if counts[c]:
+            assert t.alert_rates[c] == pytest.approx(flagged[clusters == c].mean())
+    assert t.extra["realised_alert_rate"] == pytest.approx(flagged.mean())
+    json.dumps(t.to_dict(), allow_nan=False)
+
+
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(2_000, 6_000),
+    value=st.floats(0.9, 0.999),
+    kind=st.sampled_from(["quantile", "target_alert_rate"]),
+)
+@settings(max_examples=30, deadline=None)
+def test_realised_alert_rate_matches_the_policy(seed: int, n: int, value: float, kind: str) -> None:
+    clusters, distances, shares = _sample(seed, n, 5)
+    if kind == "target_alert_rate":
+        value = 1.0 - value
+    policy = ThresholdPolicy(kind=kind, value=value)  # type: ignore[arg-type]
+    t = calibrate(clusters, distances, cluster_shares=shares, policy=policy, model_version="m")
+    # Continuous distances: exactly round(rate * n) rows are flagged.
+    assert _realised(t, clusters, distances) == pytest.approx(
+        round(policy.expected_alert_rate * n) / n, abs=1e-12
+    )
+
+
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    low=st.floats(0.5, 0.999),
+    gap=st.floats(0.0, 0.3),
+    zeros=st.booleans(),
+    min_points=st.integers(1, 200),
+)
+@settings(max_examples=60, deadline=None)
+def test_a_higher_quantile_never_lowers_a_threshold(
+    seed: int, low: float, gap: float, zeros: bool, min_points: int
+) -> None:
+    clusters, distances, _ = _sample(seed, 500, 4)
+    if zeros:
+        distances[::3] = 0.0
+    shares = np.array([0.5, 0.3, 0.197, 0.003])
+    high = min(low + gap, 0.9999)
+    values = [
+        calibrate(
+            clusters,
+            distances,
+            cluster_shares=shares,
+            policy=ThresholdPolicy(value=q, min_points=min_points),
+            model_version="m",
+        ).values
+        for q in (low, high)
+    ]
+    assert np.all(values[1] >= values[0])
+
+
+def test_rare_pattern_rows_are_flagged_and_count_in_the_overall_rate() -> None:
+    clusters, distances, _ = _sample(1, 10_000, 4)
+    clusters[:50] = 3  # the rare cluster holds 0.5 % of held-out rows...
+    clusters[50:][clusters[50:] == 3] = 0
+    shares = np.array([0.5, 0.3, 0.198, 0.002])  # ...and 0.2 % of training rows
+    t = calibrate(clusters, distances, cluster_shares=shares, policy=QUANTILE, model_version="m")
+    np.testing.assert_array_equal(t.rare, [False, False, False, True])
+    assert t.alert_rates[3] == 1.0
+    # 1 % overall: the rare cluster's 50 rows plus 50 distance alerts elsewhere.
+    assert _realised(t, clusters, distances) == pytest.approx(0.01)
+    assert t.alert_rates[:3] @ t.counts[:3] == pytest.approx(50)
+    assert t.extra["rare_alert_rate"] == pytest.approx(0.005)
+    assert t.extra["budget_exhausted"] is False
+
+
+def test_rare_rows_beyond_the_budget_exhaust_it() -> None:
+    clusters, distances, _ = _sample(2, 1_000, 3)
+    clusters[:100] = 2
+    t = calibrate(
+        clusters,
+        distances,
+        cluster_shares=[0.6, 0.399, 0.001],
+        policy=QUANTILE,
+        model_version="m",
+    )
+    assert t.extra["budget_exhausted"] is True
+    assert np.all(t.alert_rates[:2] == 0.0)
+    assert t.alert_rates[2] == 1.0
+
+
+def test_small_clusters_fall_back_on_a_robust_threshold() -> None:
+    clusters, distances, shares = _sample(3, 3_000, 3)
+    clusters[clusters == 2] = 0
+    clusters[:2] = 2  # only two held-out rows in cluster 2, both far away
+    distances[:2] = [400.0, 500.0]
+    t = calibrate(clusters, distances, cluster_shares=shares, policy=QUANTILE, model_version="m")
+    np.testing.assert_array_equal(t.fallback, [False, False, True])
+    # Two stray rows do not set the cluster's threshold on their own: they are still flagged.
+    assert distances[0] > t.values[2] > 0
+    assert math.isfinite(t.values[2])
+
+
+def test_a_cluster_without_held_out_rows_gets_the_pooled_spread() -> None:
+    clusters, distances, _ = _sample(4, 2_000, 2)
+    t = calibrate(
+        clusters,
+        distances,
+        cluster_shares=[0.4, 0.4, 0.2],
+        policy=QUANTILE,
+        model_version="m",
+        spread_weight=1.0,
+        share_weight=0.0,
+    )
+    assert t.counts[2] == 0
+    assert t.fallback[2]
+    assert t.values[2] == pytest.approx(t.extra["cut"] * np.median(distances))
+
+
+def test_all_zero_distances_give_positive_thresholds_and_no_alerts() -> None:
+    clusters = np.array([0, 0, 1, 1, 1])
+    t = calibrate(
+        clusters, np.zeros(5), cluster_shares=[0.5, 0.5], policy=QUANTILE, model_version="m"
+    )
+    assert np.all(t.values > 0)
+    assert not judge(t, clusters, np.zeros(5)).anomalous.any()
+
+
+def test_weights_zero_give_one_global_distance_cut() -> None:
+    clusters, distances, shares = _sample(5, 4_000, 4)
+    t = calibrate(
+        clusters,
+        distances,
+        cluster_shares=shares,
+        policy=QUANTILE,
+        model_version="m",
+        spread_weight=0.0,
+        share_weight=0.0,
+    )
+    assert np.ptp(t.values) == 0.0
+    # Distances grow with the cluster id, so the widest cluster takes most alerts.
+    assert t.alert_rates[3] > t.alert_rates[0]
+
+
+def test_full_spread_weight_equalises_scaled_clusters() -> None:
+    rng = np.random.default_rng(6)
+    clusters = np.repeat(np.arange(4), 5_000)
+    distances = rng.gamma(2.0, 1.0, 20_000) * np.array([1.0, 2.0, 5.0, 10.0])[clusters]
+    t = calibrate(
+        clusters,
+        distances,
+        cluster_shares=np.full(4, 0.25),
+        policy=QUANTILE,
+        model_version="m",
+        spread_weight=1.0,
+        share_weight=0.0,
+    )
+    np.testing.assert_allclose(t.alert_rates, 0.01, atol=0.004)
+
+
+def test_share_weight_judges_smaller_clusters_more_strictly() -> None:
+    rng = np.random.default_rng(7)
+    clusters = np.repeat(np.arange(2), 5_000)
+    distances = rng.gamma(2.0, 1.0, 10_000)
+    t = calibrate(
+        clusters,
+        distances,
+        cluster_shares=[0.9, 0.1],
+        policy=QUANTILE,
+        model_version="m",
+        spread_weight=0.0,
+        share_weight=1.0,
+    )
+    assert t.values[1] == pytest.approx(t.values[0] / 9)
+    assert t.alert_rates[1] > t.alert_rates[0]
+
+
+def test_calibrate_records_versions_and_policy() -> None:
+    clusters, distances, shares = _sample(8, 500, 3)
+    policy = ThresholdPolicy(kind="target_alert_rate", value=0.05)
+    t = calibrate(
+        clusters,
+        distances,
+        cluster_shares=shares,
+        policy=policy,
+        model_version="v1",
+        version=3,
+        parent=2,
+    )
+    assert (t.version, t.model_version, t.parent, t.policy) == (3, "v1", 2, policy)
+    assert t.created_at
+    again = Thresholds.from_dict(json.loads(json.dumps(t.to_dict())))
+    np.testing.assert_array_equal(again.values, t.values)
+
+
+@pytest.mark.parametrize(
+    ("clusters", "distances", "shares", "message"),
+    [
+        ([], [], [1.0], "empty"),
+        ([0, 1], [1.0], [0.5, 0.5], "same length"),
+        ([0, 2], [1.0, 1.0], [0.5, 0.5], "cluster id 2 is outside 0..1"),
+        ([0, -1], [1.0, 1.0], [0.5, 0.5], "cluster id -1"),
+        ([0.5, 1], [1.0, 1.0], [0.5, 0.5], "integers"),
+        ([0, 1], [1.0, -1.0], [0.5, 0.5], "finite and >= 0"),
+        ([0, 1], [1.0, np.nan], [0.5, 0.5], "finite and >= 0"),
+        ([0, 1], [1.0, 1.0], [[0.5, 0.5]], "1-d"),
+        ([0, 1], [1.0, 1.0], [0.5, np.inf], "cluster_shares must be finite"),
+    ],
+)
+def test_bad_samples_raise_data_error(
+    clusters: list[float], distances: list[float], shares: list[float], message: str
+) -> None:
+    with pytest.raises(DataError, match=message):
+        calibrate(
+            np.array(clusters),
+            distances,
+            cluster_shares=shares,
+            policy=QUANTILE,
+            model_version="m",
+        )
+
+
+def test_negative_weights_are_rejected() -> None:
+    with pytest.raises(DataError, match="share_weight"):
+        calibrate([0], [1.0], cluster_shares=[1.0], policy=QUANTILE, model_version="m",
+                  share_weight=-1.0)  # fmt: skip
+
+
+def _hand_thresholds() -> Thresholds:
+    return Thresholds(
+        version=4,
+        model_version="m",
+        policy=QUANTILE,
+        values=np.array([1.0, 2.0, 1.0]),
+        rare=np.array([False, False, True]),
+        counts=np.zeros(3, dtype=np.int64),
+        alert_rates=np.zeros(3),
+        fallback=np.zeros(3, dtype=np.bool_),
+    )
+
+
+def test_label_report_matches_hand_counts() -> None:
+    clusters = np.array([0, 0, 0, 0, 1, 1, 1, 2])
+    distances = np.array([0.5, 1.5, 2.0, 0.2, 1.0, 3.0, 2.5, 0.1])
+    labels = np.array([0, 1, 0, 1, 0, 1, 0, 1])
+    report = label_report(clusters, distances, labels, _hand_thresholds())
+    # Flagged: cluster 0 rows 1.5 and 2.0; cluster 1 rows 3.0 and 2.5; the rare row.
+    overall = report["overall"]
+    assert overall["count"] == 8
+    assert overall["positives"] == 4
+    assert overall["alerts"] == 5
+    assert overall["alert_rate"] == pytest.approx(5 / 8)
+    assert overall["precision"] == pytest.approx(3 / 5)
+    assert overall["recall"] == pytest.approx(3 / 4)
+    scores = [0.5, 1.5, 2.0, 0.2, 0.5, 1.5, 1.25, 1.0]
+    assert overall["roc_auc"] == pytest.approx(roc_auc_score(labels, scores))
+    assert overall["pr_auc"] == pytest.approx(average_precision_score(labels, scores))
+    c0, c1, c2 = report["clusters"]
+    assert (c0["count"], c0["alerts"], c0["precision"], c0["recall"]) == (4, 2, 0.5, 0.5)
+    assert (c1["count"], c1["alerts"], c1["precision"], c1["recall"]) == (3, 2, 0.5, 1.0)
+    assert (c2["rare_pattern"], c2["alert_rate"], c2["precision"]) == (True, 1.0, 1.0)
+    assert report["thresholds_version"] == 4
+    json.dumps(report, allow_nan=False)
+
+
+def test_label_report_undefined_rates_are_none() -> None:
+    report = label_report([0, 0], [0.1, 0.2], [0, 0], _hand_thresholds())
+    overall = report["overall"]
+    assert overall["precision"] is None  # nothing flagged
+    assert overall["recall"] is None  # no positives
+    assert overall["roc_auc"] is None
+    assert overall["pr_auc"] is None
+    assert report["clusters"][1]["alert_rate"] is None  # no rows
+    json.dumps(report, allow_nan=False)
+
+
+def test_label_report_rejects_bad_labels() -> None:
+    with pytest.raises(DataError, match="0 or 1"):
+        label_report([0, 1], [0.1, 0.2], [0, 2], _hand_thresholds())
+    with pytest.raises(DataError, match="shape"):
+        label_report([0, 1], [0.1, 0.2], [0], _hand_thresholds())
+
+
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(2, 300),
+    levels=st.sampled_from([2, 5, 50, 0]),
+)
+@settings(max_examples=80, deadline=None)
+def test_metrics_agree_with_sklearn(seed: int, n: int, levels: int) -> None:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    labels[rng.integers(0, n)] = 1  # at least one positive
+    # Few score levels force ties; 0 means continuous scores.
+    scores = rng.integers(0, levels, n).astype(float) if levels else rng.normal(size=n)
+    assert average_precision(scores, labels) == pytest.approx(
+        average_precision_score(labels, scores), abs=1e-12
+    )
+    if 0 < labels.sum() < n:
+        assert roc_auc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    else:
+        assert math.isnan(roc_auc(scores, labels))
+
+
+def test_metrics_on_known_rankings() -> None:
+    assert roc_auc([3.0, 2.0, 1.0], [1, 0, 0]) == 1.0
+    assert roc_auc([1.0, 2.0, 3.0], [1, 0, 0]) == 0.0
+    assert roc_auc([1.0, 1.0], [1, 0]) == 0.5
+    assert average_precision([3.0, 2.0, 1.0], [0, 1, 0]) == 0.5
+    assert math.isnan(average_precision([1.0, 2.0], [0, 0]))
+    with pytest.raises(DataError, match="finite"):
+        roc_auc([1.0, np.inf], [0, 1])

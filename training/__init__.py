@@ -1,0 +1,1 @@
+"""Model building for fraudscore: data, features, K-Means, tuning, thresholds, bundles."""

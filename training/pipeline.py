@@ -1,0 +1,418 @@
+"""Train a model end to end on this machine: read, split, fit features, train or tune,
+calibrate thresholds, register the bundle and activate it.
+
+Data is streamed twice from the CSV (pass 1 validates, splits and fits the feature spec on
+the train split; pass 2 writes the transformed splits to memory-mapped ``.npy`` files), so
+memory is bounded by the chunk size, not by the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from tqdm import tqdm
+
+from training.bundle import SCHEMA_VERSION, CalibrationSample, Manifest
+from training.calibration import calibrate, label_report
+from training.data import CsvSchema, StratifiedSplitter, infer_schema, iter_chunks, read_header
+from training.errors import DataError, SpecError
+from training.features import CategoricalField, FeatureFitter, FeatureSpec
+from training.hyperparameters import KMeansHyperparameters, parse_hyperparameters
+from training.kmeans import KMeansResult, assign, fit_kmeans
+from training.registry import Registry
+from training.thresholds import ThresholdPolicy, Thresholds
+from training.tuning import DEFAULT_PARAMETER_RANGES, TuningConfig, TuningResult, tune
+
+log = logging.getLogger(__name__)
+
+# Rows per array slice handed to the trainer and to assignment; independent of the CSV chunk.
+ARRAY_BATCH_ROWS = 65_536
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """What to train on and how. Defaults are the original proof of concept's."""
+
+    data: Path
+    label_column: str | None = None
+    features: Mapping[str, Any] | None = None
+    k: int = 10
+    hyperparameters: Mapping[str, str] = field(default_factory=dict)
+    tune: bool = False
+    max_jobs: int = 10
+    max_parallel: int = 2
+    strategy: str = "Bayesian"
+    parameter_ranges: Mapping[str, Any] = field(default_factory=lambda: DEFAULT_PARAMETER_RANGES)
+    policy: ThresholdPolicy = field(default_factory=ThresholdPolicy)
+    seed: int = 0
+    test_fraction: float = 0.2
+    stratify: str | None = None
+    chunk_rows: int = 65_536
+    tags: Mapping[str, str] = field(default_factory=dict)
+    activate: bool = True
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """What training produced and registered."""
+
+    manifest: Manifest
+    thresholds: Thresholds
+    skipped_columns: Mapping[str, str]
+    train_rows: int
+    test_rows: int
+    activated: bool
+    tuning: TuningResult | None = None
+
+
+@dataclass
+class _Split:
+    """Pass-1 result: the fitted spec and split sizes."""
+
+    spec: FeatureSpec
+    train_rows: int
+    test_rows: int
+
+
+def train(request: TrainRequest, registry: Registry, *, progress: bool = False) -> TrainOutcome:
+    """Train, calibrate and register a model from a CSV file; activate it if asked."""
+    path = request.data
+    header = read_header(path)
+    label = request.label_column
+    if label is not None and label not in header:
+        raise DataError(f"label column '{label}' is not in the header", file=str(path))
+    # Validate hyperparameter overrides before reading any data: a typo should cost nothing.
+    parse_hyperparameters({"k": str(request.k), "feature_dim": "1", **request.hyperparameters})
+
+    spec, skipped = _initial_spec(request, header)
+    stratify = _stratify_column(request, spec)
+    schema = spec.csv_schema()
+    if stratify is not None and stratify not in schema.columns:
+        raise SpecError(f"stratify column '{stratify}' must be a feature of the spec")
+
+    split = _pass_one(request, schema, spec, stratify, progress=progress)
+    fitted = split.spec
+    if split.train_rows < request.k:
+        raise DataError(
+            f"only {split.train_rows} training rows for k={request.k} clusters", file=str(path)
+        )
+    if split.test_rows == 0:
+        raise DataError("too few rows to hold out a test split", file=str(path))
+
+    with tempfile.TemporaryDirectory(prefix="fraudscore-train-") as tmp:
+        train_path, test_path = Path(tmp, "train.npy"), Path(tmp, "test.npy")
+        labels = _pass_two(
+            request, schema, fitted, stratify, split, train_path, test_path, progress=progress
+        )
+        x_train = np.load(train_path, mmap_mode="r")
+        x_test = np.load(test_path, mmap_mode="r")
+        hyperparameters = parse_hyperparameters(
+            {
+                "k": str(request.k),
+                "feature_dim": str(fitted.feature_dim),
+                "eval_metrics": '["msd","ssd"]',
+                **request.hyperparameters,
+            }
+        )
+        tuning: TuningResult | None = None
+        if request.tune:
+            tuning = _tune(request, hyperparameters, train_path, test_path, progress=progress)
+            hyperparameters = parse_hyperparameters(tuning.best_hyperparameters)
+        result = _fit(x_train, x_test, hyperparameters, request.seed, progress=progress)
+        clusters, distances = _assign_all(x_test, result.centroids)
+        del x_train, x_test
+
+    version = registry.new_model_version()
+    shares = result.cluster_weights / max(float(result.cluster_weights.sum()), 1.0)
+    thresholds = calibrate(
+        clusters,
+        distances,
+        cluster_shares=shares,
+        policy=request.policy,
+        model_version=version,
+    )
+    report = label_report(clusters, distances, labels, thresholds) if labels is not None else None
+    manifest = Manifest(
+        schema_version=SCHEMA_VERSION,
+        model_version=version,
+        created_at=_now(),
+        k=request.k,
+        feature_dim=fitted.feature_dim,
+        feature_spec=fitted.to_dict(),
+        hyperparameters=hyperparameters.to_strings(),
+        metrics={name: float(value) for name, value in result.metrics.items()},
+        source={"kind": "local"},
+        data_fingerprint={
+            "file": path.name,
+            "rows": split.train_rows + split.test_rows,
+            "train_rows": split.train_rows,
+            "test_rows": split.test_rows,
+            "sha256": _sha256(path),
+        },
+        cluster_shares=[float(s) for s in shares],
+        tags=dict(request.tags),
+        label_report=report,
+        tuning=_tuning_summary(tuning),
+    )
+    registry.save_model(
+        manifest,
+        result.centroids,
+        CalibrationSample(
+            clusters=clusters.astype(np.int32),
+            distances=distances.astype(np.float32),
+            labels=None if labels is None else labels.astype(np.int8),
+        ),
+    )
+    stored = registry.save_thresholds(thresholds)
+    if request.activate:
+        registry.activate(version, stored.version)
+    return TrainOutcome(
+        manifest=manifest,
+        thresholds=stored,
+        skipped_columns=skipped,
+        train_rows=split.train_rows,
+        test_rows=split.test_rows,
+        activated=request.activate,
+        tuning=tuning,
+    )
+
+
+def _initial_spec(request: TrainRequest, header: list[str]) -> tuple[FeatureSpec, dict[str, str]]:
+    """The unfitted spec: the user's, or one inferred from the data."""
+    if request.features is not None:
+        spec = FeatureSpec.from_config(request.features)
+        skipped: dict[str, str] = {}
+    else:
+        inferred = infer_schema(request.data, label_column=request.label_column)
+        spec = FeatureSpec.default_for(inferred.schema)
+        skipped = dict(inferred.skipped)
+    if request.label_column is not None and request.label_column in spec.field_names:
+        raise SpecError(f"label column '{request.label_column}' cannot also be a feature")
+    missing = [name for name in spec.field_names if name not in header]
+    if missing:
+        raise DataError(
+            f"feature column(s) {', '.join(repr(m) for m in missing)} not in the header",
+            file=str(request.data),
+        )
+    if spec.feature_dim == 0 and not spec.fields:
+        raise SpecError("no usable feature columns")
+    return spec, skipped
+
+
+def _stratify_column(request: TrainRequest, spec: FeatureSpec) -> str | None:
+    """The split's strata: the requested column, else the first categorical feature."""
+    if request.stratify is not None:
+        return request.stratify
+    for f in spec.fields:
+        if isinstance(f, CategoricalField):
+            return f.name
+    return None
+
+
+def _chunks(
+    request: TrainRequest, schema: CsvSchema
+) -> Iterator[tuple[Mapping[str, npt.NDArray[Any]], int]]:
+    """CSV chunks with the label column validated; yields (columns, first data row)."""
+    label = request.label_column
+    extra = (label,) if label is not None else ()
+    for chunk in iter_chunks(
+        request.data, schema, chunk_rows=request.chunk_rows, extra_numeric=extra
+    ):
+        if label is not None:
+            values = chunk.columns[label]
+            bad = np.flatnonzero((values != 0) & (values != 1))
+            if bad.size:
+                raise DataError(
+                    f"label must be 0 or 1, got {values[bad[0]]!r}",
+                    file=str(request.data),
+                    column=label,
+                    row=chunk.first_row + int(bad[0]),
+                )
+        yield chunk.columns, chunk.first_row
+
+
+def _pass_one(
+    request: TrainRequest,
+    schema: CsvSchema,
+    spec: FeatureSpec,
+    stratify: str | None,
+    *,
+    progress: bool,
+) -> _Split:
+    """Validate every row, split, and fit the feature spec on the train split only."""
+    splitter = StratifiedSplitter(request.test_fraction, seed=request.seed)
+    fitter = FeatureFitter(spec, seed=request.seed)
+    n_train = n_test = 0
+    with tqdm(desc="read and fit features", unit=" rows", disable=not progress, leave=False) as bar:
+        for columns, _ in _chunks(request, schema):
+            n = len(next(iter(columns.values())))
+            test = splitter.assign(columns[stratify] if stratify else None, n)
+            fitter.update({name: col[~test] for name, col in columns.items()})
+            n_test += int(test.sum())
+            n_train += n - int(test.sum())
+            bar.update(n)
+    if n_train == 0:
+        raise DataError("no data rows", file=str(request.data))
+    return _Split(spec=fitter.finish(), train_rows=n_train, test_rows=n_test)
+
+
+def _pass_two(
+    request: TrainRequest,
+    schema: CsvSchema,
+    spec: FeatureSpec,
+    stratify: str | None,
+    split: _Split,
+    train_path: Path,
+    test_path: Path,
+    *,
+    progress: bool,
+) -> npt.NDArray[np.int8] | None:
+    """Transform both splits into .npy files; return the test split's labels, if any."""
+    d = spec.feature_dim
+    x_train = np.lib.format.open_memmap(
+        train_path, mode="w+", dtype=np.float64, shape=(split.train_rows, d)
+    )
+    x_test = np.lib.format.open_memmap(
+        test_path, mode="w+", dtype=np.float64, shape=(split.test_rows, d)
+    )
+    labels = np.empty(split.test_rows, dtype=np.int8) if request.label_column else None
+    # Same seed and chunking as pass one, so every row lands on the same side.
+    splitter = StratifiedSplitter(request.test_fraction, seed=request.seed)
+    i_train = i_test = 0
+    with tqdm(
+        total=split.train_rows + split.test_rows,
+        desc="transform",
+        unit=" rows",
+        disable=not progress,
+        leave=False,
+    ) as bar:
+        for columns, _ in _chunks(request, schema):
+            n = len(next(iter(columns.values())))
+            test = splitter.assign(columns[stratify] if stratify else None, n)
+            x = spec.transform(columns).X
+            n_test = int(test.sum())
+            x_train[i_train : i_train + n - n_test] = x[~test]
+            x_test[i_test : i_test + n_test] = x[test]
+            if labels is not None and request.label_column is not None:
+                labels[i_test : i_test + n_test] = columns[request.label_column][test]
+            i_train += n - n_test
+            i_test += n_test
+            bar.update(n)
+    x_train.flush()
+    x_test.flush()
+    del x_train, x_test
+    return labels
+
+
+def _batches(x: npt.NDArray[np.float64]) -> Callable[[], Iterable[npt.NDArray[np.float64]]]:
+    """A re-iterable source of row slices over an (memory-mapped) array."""
+
+    def source() -> Iterator[npt.NDArray[np.float64]]:
+        for start in range(0, x.shape[0], ARRAY_BATCH_ROWS):
+            yield np.asarray(x[start : start + ARRAY_BATCH_ROWS])
+
+    return source
+
+
+def _fit(
+    x_train: npt.NDArray[np.float64],
+    x_test: npt.NDArray[np.float64],
+    hyperparameters: KMeansHyperparameters,
+    seed: int,
+    *,
+    progress: bool,
+) -> KMeansResult:
+    """Train K-Means on the train split and evaluate on the test split, with a progress bar."""
+    total = x_train.shape[0] * hyperparameters.epochs
+    with tqdm(total=total, desc="train k-means", unit=" rows", disable=not progress) as bar:
+        seen = 0
+
+        def report(rows: int) -> None:
+            nonlocal seen
+            bar.update(max(rows - seen, 0))
+            seen = max(seen, rows)
+
+        return fit_kmeans(
+            _batches(x_train), hyperparameters, seed=seed, test=_batches(x_test), progress=report
+        )
+
+
+def _tune(
+    request: TrainRequest,
+    hyperparameters: KMeansHyperparameters,
+    train_path: Path,
+    test_path: Path,
+    *,
+    progress: bool,
+) -> TuningResult:
+    """Run the local Bayesian search; tuned names are removed from the static map."""
+    tuned = {
+        str(r["Name"])
+        for kind in (
+            "IntegerParameterRanges",
+            "ContinuousParameterRanges",
+            "CategoricalParameterRanges",
+        )
+        for r in request.parameter_ranges.get(kind, [])
+    }
+    static = {k: v for k, v in hyperparameters.to_strings().items() if k not in tuned}
+    config = TuningConfig(
+        static_hyperparameters=static,
+        parameter_ranges=dict(request.parameter_ranges),
+        max_jobs=request.max_jobs,
+        max_parallel=request.max_parallel,
+        strategy=request.strategy,  # type: ignore[arg-type]
+        seed=request.seed,
+    )
+    return tune(train_path, test_path, config, show_progress=progress)
+
+
+def _assign_all(
+    x: npt.NDArray[np.float64], centroids: npt.NDArray[np.float32]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """Closest cluster and distance for every row, in slices."""
+    clusters = np.empty(x.shape[0], dtype=np.int64)
+    distances = np.empty(x.shape[0], dtype=np.float64)
+    for start in range(0, x.shape[0], ARRAY_BATCH_ROWS):
+        c, dist = assign(np.asarray(x[start : start + ARRAY_BATCH_ROWS]), centroids)
+        clusters[start : start + c.shape[0]] = c
+        distances[start : start + c.shape[0]] = dist
+    return clusters, distances
+
+
+def _tuning_summary(result: TuningResult | None) -> dict[str, Any] | None:
+    """JSON-ready summary of a tuning run for the manifest."""
+    if result is None:
+        return None
+    best = {
+        key: (value.isoformat() if isinstance(value, datetime) else value)
+        for key, value in result.best_training_job.items()
+    }
+    return {
+        "best_training_job": best,
+        "trials": len(result.trials),
+        "failed_trials": sum(1 for t in result.trials if t.get("status") != "Completed"),
+    }
+
+
+def _sha256(path: Path) -> str:
+    """Hex digest of a file, read in blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _now() -> str:
+    """Current UTC time, ISO 8601 with seconds."""
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -1,0 +1,499 @@
+"""The model registry: versioned bundles and the ``ACTIVE`` pointer, over a small storage port.
+
+Layout (the same for a local directory and, later, an S3 prefix)::
+
+    models/<model_version>/manifest.json       written last: its presence makes a version exist
+    models/<model_version>/model.tar.gz        SageMaker K-Means artifact (training.artifact)
+    models/<model_version>/calibration.npz     held-out (cluster, distance[, label]) sample
+    models/<model_version>/thresholds/<n>.json thresholds versions 1, 2, ...
+    ACTIVE                                     {"model_version": ..., "thresholds_version": ...}
+    jobs/<job_id>.json                         admin job records (reserved)
+
+Every reader raises :class:`BundleError` (bad content) or :class:`RegistryError` (missing
+version, bad pointer, storage failure) naming the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from training.artifact import read_model_tar, write_model_tar
+from training.bundle import (
+    MODEL_VERSION_PATTERN,
+    Bundle,
+    CalibrationSample,
+    Manifest,
+    load_json,
+)
+from training.errors import ArtifactError, BundleError, RegistryError
+from training.thresholds import Thresholds
+
+ACTIVE_KEY = "ACTIVE"
+MODELS_PREFIX = "models/"
+JOBS_PREFIX = "jobs/"
+# Temporary files of an atomic write; never listed, and recognisable after a crash.
+TEMP_PREFIX = ".fraudscore-tmp-"
+_THRESHOLDS_FILE = re.compile(r"([1-9][0-9]*)\.json")
+_DRIVE = re.compile(r"[A-Za-z]:")
+# How many existing versions an "unknown version" message lists.
+_LISTED_VERSIONS = 10
+
+KeyList = list[str]  # a method named `list` shadows the builtin inside Storage classes
+
+
+class MissingKeyError(RegistryError):
+    """A storage key that does not exist."""
+
+    def __init__(self, key: str, where: str | None = None) -> None:
+        self.key = key
+        super().__init__(f"{where or key}: not found")
+
+
+class Storage(Protocol):
+    """Where the registry keeps its files: keys are ``/``-separated relative paths."""
+
+    def read(self, key: str) -> bytes:
+        """The object's bytes; :class:`MissingKeyError` if absent."""
+        ...
+
+    def write(self, key: str, data: bytes) -> None:
+        """Create or replace the object atomically: readers see the old or the new bytes."""
+        ...
+
+    def exists(self, key: str) -> bool:
+        """Whether the object exists."""
+        ...
+
+    def list(self, prefix: str) -> KeyList:
+        """All keys starting with ``prefix`` (recursively), sorted."""
+        ...
+
+
+def validate_key(key: str, *, prefix: bool = False) -> None:
+    """Reject keys that could leave the storage root: absolute, ``..``, empty parts.
+
+    With ``prefix=True`` the empty string and a trailing ``/`` are allowed.
+    """
+    if not isinstance(key, str):
+        raise RegistryError(f"storage key must be a string, got {type(key).__name__}")
+    body = key[:-1] if prefix and key.endswith("/") else key
+    if prefix and body == "":
+        return
+    problem = None
+    if body == "":
+        problem = "it is empty"
+    elif body.startswith("/") or _DRIVE.match(body):
+        problem = "absolute keys are not allowed"
+    elif "\\" in body or "\x00" in body:
+        problem = "backslashes and NUL characters are not allowed"
+    elif any(part in ("", ".", "..") for part in body.split("/")):
+        problem = "empty, '.' and '..' path parts are not allowed"
+    if problem is not None:
+        raise RegistryError(f"invalid storage key {key!r}: {problem}")
+
+
+class LocalStorage:
+    """A :class:`Storage` in a local directory; writes are atomic (temp file + rename)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"LocalStorage({str(self.root)!r})"
+
+    def path(self, key: str) -> Path:
+        """The file holding ``key``, after validating it."""
+        validate_key(key)
+        return self.root.joinpath(*key.split("/"))
+
+    def read(self, key: str) -> bytes:
+        """The file's bytes; :class:`MissingKeyError` if absent."""
+        path = self.path(key)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise MissingKeyError(key, str(path)) from None
+        except OSError as exc:
+            raise RegistryError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+    def write(self, key: str, data: bytes) -> None:
+        """Write to a temp file in the same directory, fsync, then rename over the target."""
+        path = self.path(key)
+        tmp = path.with_name(f"{TEMP_PREFIX}{secrets.token_hex(8)}-{path.name}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(
+                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666
+            )
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                raise
+            _fsync_dir(path.parent)
+        except OSError as exc:
+            raise RegistryError(f"{path}: cannot write ({exc.strerror or exc})") from None
+
+    def exists(self, key: str) -> bool:
+        """Whether a file exists at ``key``."""
+        return self.path(key).is_file()
+
+    def list(self, prefix: str) -> KeyList:
+        """All keys under the root starting with ``prefix``, sorted; temp files skipped."""
+        validate_key(prefix, prefix=True)
+        base_key = prefix.rpartition("/")[0]
+        base = self.root.joinpath(*base_key.split("/")) if base_key else self.root
+        keys: KeyList = []
+        for dirpath, _dirnames, filenames in os.walk(base):
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            for name in filenames:
+                if name.startswith(TEMP_PREFIX):
+                    continue
+                key = name if rel == "." else f"{rel}/{name}"
+                if key.startswith(prefix):
+                    keys.append(key)
+        return sorted(keys)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist a rename (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class ActivePointer:
+    """The model and thresholds versions the service scores with."""
+
+    model_version: str
+    thresholds_version: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The content of ``ACTIVE``."""
+        return {"model_version": self.model_version, "thresholds_version": self.thresholds_version}
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Registry:
+    """Versioned model bundles over a :class:`Storage`."""
+
+    active_key = ACTIVE_KEY
+    models_prefix = MODELS_PREFIX
+    # Reserved for admin job records (jobs/<job_id>.json); no job code uses it yet.
+    jobs_prefix = JOBS_PREFIX
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        location: str = "",
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self.storage = storage
+        self.location = location
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        return f"Registry({self.location or self.storage!r})"
+
+    # -- keys -----------------------------------------------------------------------------
+
+    def _where(self, key: str) -> str:
+        """A file's name for messages: the location joined with the key."""
+        return f"{self.location.rstrip('/')}/{key}" if self.location else key
+
+    def _model_key(self, model_version: str, name: str) -> str:
+        if not isinstance(model_version, str) or not MODEL_VERSION_PATTERN.fullmatch(model_version):
+            raise RegistryError(f"invalid model version {model_version!r}")
+        return f"{MODELS_PREFIX}{model_version}/{name}"
+
+    def _thresholds_key(self, model_version: str, version: int) -> str:
+        return self._model_key(model_version, f"thresholds/{version}.json")
+
+    # -- writing --------------------------------------------------------------------------
+
+    def new_model_version(self) -> str:
+        """A fresh, time-sortable version name such as ``20261128T004040Z-1a2b3c``."""
+        return f"{self._clock().astimezone(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+    def save_model(
+        self,
+        manifest: Manifest,
+        centroids: npt.NDArray[np.floating[Any]],
+        calibration: CalibrationSample,
+    ) -> None:
+        """Store a new model version: artifact, calibration sample, then the manifest.
+
+        The manifest is written last, so a save that fails half-way leaves no listed version
+        (a retry with the same version overwrites the leftovers).
+        """
+        v = manifest.model_version
+        manifest_key = self._model_key(v, "manifest.json")
+        if self.storage.exists(manifest_key):
+            raise RegistryError(f"model version {v} already exists in {self._name()}")
+        c = np.asarray(centroids)
+        if c.shape != (manifest.k, manifest.feature_dim):
+            raise BundleError(
+                f"model {v}: centroids have shape {c.shape}, the manifest says "
+                f"k={manifest.k}, feature_dim={manifest.feature_dim}"
+            )
+        try:
+            model_tar = write_model_tar(c)
+        except ArtifactError as exc:
+            raise BundleError(f"model {v}: {exc}") from None
+        if calibration.n and int(calibration.clusters.max()) >= manifest.k:
+            raise BundleError(
+                f"model {v}: calibration sample has cluster id "
+                f"{int(calibration.clusters.max())} but k={manifest.k}"
+            )
+        manifest_json = manifest.to_json().encode()
+        self.storage.write(self._model_key(v, "model.tar.gz"), model_tar)
+        self.storage.write(self._model_key(v, "calibration.npz"), calibration.to_npz_bytes())
+        self.storage.write(manifest_key, manifest_json)
+
+    def save_thresholds(self, thresholds: Thresholds) -> Thresholds:
+        """Store thresholds as the model's next version ``n`` and return the stored object.
+
+        ``version`` is assigned here (the given one is ignored); ``created_at`` is set to now
+        when empty. Two processes saving at the same moment could pick the same ``n``:
+        thresholds are written by one admin job at a time.
+        """
+        v = thresholds.model_version
+        manifest = self.load_manifest(v)
+        if thresholds.k != manifest.k:
+            raise BundleError(
+                f"thresholds have {thresholds.k} clusters, model {v} has {manifest.k}"
+            )
+        existing = self.list_thresholds(v)
+        if thresholds.parent is not None and thresholds.parent not in existing:
+            raise RegistryError(
+                f"thresholds parent version {thresholds.parent} does not exist for model {v}"
+            )
+        version = (existing[-1] if existing else 0) + 1
+        stored = dataclasses.replace(
+            thresholds,
+            version=version,
+            created_at=thresholds.created_at or self._clock().isoformat(timespec="seconds"),
+        )
+        try:
+            text = json.dumps(stored.to_dict(), indent=2, allow_nan=False) + "\n"
+        except (TypeError, ValueError) as exc:
+            raise BundleError(
+                f"thresholds for model {v} are not JSON-serialisable: {exc}"
+            ) from None
+        self.storage.write(self._thresholds_key(v, version), text.encode())
+        return stored
+
+    def activate(self, model_version: str, thresholds_version: int) -> ActivePointer:
+        """Point ``ACTIVE`` at a model and thresholds version, atomically.
+
+        The whole bundle is loaded and validated first, so a broken version is never active.
+        """
+        if type(thresholds_version) is not int:
+            raise RegistryError(
+                f"thresholds version must be an integer, got {thresholds_version!r}"
+            )
+        self.load_bundle(model_version, thresholds_version)
+        pointer = ActivePointer(model_version, thresholds_version)
+        self.storage.write(ACTIVE_KEY, (json.dumps(pointer.to_dict(), indent=2) + "\n").encode())
+        return pointer
+
+    # -- reading --------------------------------------------------------------------------
+
+    def model_versions(self) -> list[str]:
+        """Versions that have a manifest, sorted (oldest first for generated names)."""
+        versions = set()
+        for key in self.storage.list(MODELS_PREFIX):
+            parts = key.split("/")
+            if len(parts) == 3 and parts[2] == "manifest.json":
+                versions.add(parts[1])
+        return sorted(versions)
+
+    def list_models(self) -> list[Manifest]:
+        """Every stored model's manifest, sorted by model version."""
+        return [self.load_manifest(v) for v in self.model_versions()]
+
+    def list_thresholds(self, model_version: str) -> list[int]:
+        """The model's thresholds versions, ascending."""
+        self._require_model(model_version)
+        prefix = self._model_key(model_version, "thresholds/")
+        versions = []
+        for key in self.storage.list(prefix):
+            match = _THRESHOLDS_FILE.fullmatch(key[len(prefix) :])
+            if match:
+                versions.append(int(match.group(1)))
+        return sorted(versions)
+
+    def load_manifest(self, model_version: str) -> Manifest:
+        """The model's manifest; RegistryError if the version does not exist."""
+        key = self._require_model(model_version)
+        manifest = Manifest.from_json(self._read(key), source=self._where(key))
+        if manifest.model_version != model_version:
+            raise BundleError(
+                f"{self._where(key)}: says model_version {manifest.model_version!r}, "
+                f"expected {model_version!r}"
+            )
+        return manifest
+
+    def load_centroids(self, model_version: str) -> npt.NDArray[np.float32]:
+        """The model's float32 ``(k, feature_dim)`` centroids."""
+        return self._centroids(self.load_manifest(model_version))
+
+    def load_calibration(self, model_version: str) -> CalibrationSample:
+        """The model's held-out calibration sample."""
+        return self._calibration(self.load_manifest(model_version))
+
+    def load_thresholds(self, model_version: str, version: int | None = None) -> Thresholds:
+        """A thresholds version of the model; the latest when ``version`` is None."""
+        return self._thresholds(self.load_manifest(model_version), version)
+
+    def load_bundle(self, model_version: str, thresholds_version: int | None = None) -> Bundle:
+        """Manifest, centroids, thresholds (latest when None) and sample, validated together."""
+        manifest = self.load_manifest(model_version)
+        bundle = Bundle(
+            manifest=manifest,
+            centroids=self._centroids(manifest),
+            thresholds=self._thresholds(manifest, thresholds_version),
+            calibration=self._calibration(manifest),
+        )
+        return bundle
+
+    def active(self) -> ActivePointer | None:
+        """The ``ACTIVE`` pointer, or None when nothing was ever activated."""
+        where = self._where(ACTIVE_KEY)
+        try:
+            raw = self.storage.read(ACTIVE_KEY)
+        except MissingKeyError:
+            return None
+        try:
+            data = load_json(raw, source=where)
+        except BundleError as exc:
+            raise RegistryError(str(exc)) from None
+        if not isinstance(data, dict):
+            raise RegistryError(f"{where}: must be a JSON object")
+        model_version = data.get("model_version")
+        thresholds_version = data.get("thresholds_version")
+        if not isinstance(model_version, str) or not MODEL_VERSION_PATTERN.fullmatch(model_version):
+            raise RegistryError(f"{where}: invalid model_version {model_version!r}")
+        if type(thresholds_version) is not int or thresholds_version < 1:
+            raise RegistryError(f"{where}: invalid thresholds_version {thresholds_version!r}")
+        return ActivePointer(model_version, thresholds_version)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _name(self) -> str:
+        return f"the registry at {self.location}" if self.location else "the registry"
+
+    def _read(self, key: str) -> bytes:
+        """Read a key, naming the location in errors."""
+        try:
+            return self.storage.read(key)
+        except MissingKeyError:
+            raise MissingKeyError(key, self._where(key)) from None
+
+    def _require_model(self, model_version: str) -> str:
+        """The manifest key of an existing model; RegistryError listing what exists."""
+        key = self._model_key(model_version, "manifest.json")
+        if self.storage.exists(key):
+            return key
+        versions = self.model_versions()
+        if not versions:
+            raise RegistryError(
+                f"model version {model_version!r} not found: {self._name()} is empty"
+            )
+        shown = ", ".join(versions[-_LISTED_VERSIONS:])
+        more = len(versions) - _LISTED_VERSIONS
+        tail = f" (and {more} older)" if more > 0 else ""
+        raise RegistryError(
+            f"model version {model_version!r} not found in {self._name()}; it has {shown}{tail}"
+        )
+
+    def _centroids(self, manifest: Manifest) -> npt.NDArray[np.float32]:
+        key = self._model_key(manifest.model_version, "model.tar.gz")
+        where = self._where(key)
+        try:
+            centroids = read_model_tar(self._read(key), feature_dim=manifest.feature_dim)
+        except ArtifactError as exc:
+            raise BundleError(f"{where}: {exc}") from None
+        if centroids.shape[0] != manifest.k:
+            raise BundleError(
+                f"{where}: has {centroids.shape[0]} centroids, manifest k={manifest.k}"
+            )
+        return centroids
+
+    def _calibration(self, manifest: Manifest) -> CalibrationSample:
+        key = self._model_key(manifest.model_version, "calibration.npz")
+        where = self._where(key)
+        sample = CalibrationSample.from_npz_bytes(self._read(key), source=where)
+        if sample.n and int(sample.clusters.max()) >= manifest.k:
+            raise BundleError(
+                f"{where}: cluster id {int(sample.clusters.max())} but manifest k={manifest.k}"
+            )
+        return sample
+
+    def _thresholds(self, manifest: Manifest, version: int | None) -> Thresholds:
+        v = manifest.model_version
+        existing = self.list_thresholds(v)
+        if version is None:
+            if not existing:
+                raise RegistryError(f"model {v} has no thresholds versions")
+            version = existing[-1]
+        elif version not in existing:
+            have = ", ".join(map(str, existing)) if existing else "none"
+            raise RegistryError(f"model {v} has no thresholds version {version!r} (it has {have})")
+        key = self._thresholds_key(v, version)
+        where = self._where(key)
+        data = load_json(self._read(key), source=where)
+        if not isinstance(data, dict):
+            raise BundleError(f"{where}: must be a JSON object")
+        thresholds = Thresholds.from_dict(data, source=where)
+        if thresholds.version != version:
+            raise BundleError(f"{where}: says version {thresholds.version}, expected {version}")
+        if thresholds.model_version != v:
+            raise BundleError(f"{where}: belongs to model {thresholds.model_version!r}, not {v!r}")
+        if thresholds.k != manifest.k:
+            raise BundleError(f"{where}: has {thresholds.k} clusters, manifest k={manifest.k}")
+        return thresholds
+
+
+def open_registry(location: str | Path) -> Registry:
+    """The registry at a local directory (created on first write) or an ``s3://`` URL."""
+    text = str(location)
+    if text.startswith("s3://"):
+        raise RegistryError(f"S3 registries need the AWS extra (issue 4): {text}")
+    if "://" in text:
+        raise RegistryError(
+            f"unsupported registry location {text!r}: use a directory or s3://bucket/prefix"
+        )
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise RegistryError(f"registry location {path} is not a directory")
+    return Registry(LocalStorage(path), location=str(path))
