@@ -290,6 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sets = list(load_sets(args.quick))
     prepared = [prepare(name, x, y, args.k, args.seed) for name, x, y in sets]
     met = table(prepared, ThresholdPolicy(), args.seed)
+    print("\nfor comparison, the per-cluster quantile policy:")
+    table(prepared, ThresholdPolicy(kind="quantile", value=0.99), args.seed)
     seeds = list(range(args.seeds)) or [args.seed]
     if args.seeds:
         robustness(sets, seeds, args.k)

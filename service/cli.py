@@ -110,10 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", choices=("Bayesian", "Random"), default="Bayesian")
     policy = p.add_mutually_exclusive_group()
     policy.add_argument(
-        "--quantile", type=_fraction, help="per-cluster threshold quantile (default 0.99)"
+        "--target-alert-rate",
+        type=_fraction,
+        help="overall share of held-out rows to flag, spread over clusters by width and "
+        "size (the default policy, 0.01)",
     )
     policy.add_argument(
-        "--target-alert-rate", type=_fraction, help="overall share of rows to flag instead"
+        "--quantile",
+        type=_fraction,
+        help="instead: each cluster's threshold is this quantile of its own distances (e.g. 0.99)",
     )
     p.add_argument(
         "--rare-share",
@@ -209,13 +214,17 @@ def _train_request(args: argparse.Namespace) -> TrainRequest:
         except json.JSONDecodeError as exc:
             raise FraudscoreError(f"{args.features}: not valid JSON: {exc}") from None
     try:
-        if args.target_alert_rate is not None:
+        if args.quantile is not None:
             policy = ThresholdPolicy(
-                kind="target_alert_rate", value=args.target_alert_rate, rare_share=args.rare_share
+                kind="quantile", value=args.quantile, rare_share=args.rare_share
             )
         else:
-            quantile = args.quantile if args.quantile is not None else 0.99
-            policy = ThresholdPolicy(kind="quantile", value=quantile, rare_share=args.rare_share)
+            rate = args.target_alert_rate
+            policy = ThresholdPolicy(
+                kind="target_alert_rate",
+                value=rate if rate is not None else ThresholdPolicy().value,
+                rare_share=args.rare_share,
+            )
     except ValueError as exc:
         raise FraudscoreError(str(exc)) from None
     return TrainRequest(

@@ -1,13 +1,18 @@
 """Fitting per-cluster thresholds on a held-out sample, and judging them against labels.
 
-Every cluster gets its own threshold of the form::
+Two policies (see :class:`training.thresholds.ThresholdPolicy`):
+
+``quantile``: each cluster's threshold is that quantile of its own held-out distances, so
+every cluster alerts at about the same rate (``1 - quantile``), rare-pattern clusters on top.
+
+``target_alert_rate`` (the default): every cluster gets its own threshold of the form::
 
     threshold[c] = cut * spread[c] ** spread_weight * (k * share[c]) ** share_weight
 
 ``spread[c]`` is the median held-out distance of cluster ``c`` (how wide the cluster is),
 ``share[c]`` its share of the training rows, and ``cut`` one number chosen so that the
 overall alert rate on the calibration sample, rare-pattern clusters included, is the
-policy's (``1 - quantile`` for the quantile policy, the target for the target policy).
+policy's target.
 
 Why not a plain per-cluster quantile: a quantile per cluster makes every cluster alert at
 the same rate, so a cluster made of anomalies is flagged no more than a normal one. On the
@@ -80,9 +85,16 @@ def calibrate(
 
     rate = policy.expected_alert_rate
     rare_rows = int(np.count_nonzero(rare_row))
-    budget = round(rate * n) - rare_rows
-    cut = _cut(dist[normal] / weight[cl[normal]], budget)
-    values = np.maximum(cut * weight, max(_FLOOR_FRACTION * pooled, _FLOOR_ABSOLUTE))
+    floor = max(_FLOOR_FRACTION * pooled, _FLOOR_ABSOLUTE)
+    if policy.kind == "quantile":
+        values = _per_cluster_quantiles(cl, dist, spread, fallback, normal, policy.value)
+        method, cut, budget = "per_cluster_quantile", math.nan, 0
+    else:
+        budget = round(rate * n) - rare_rows
+        cut = _cut(dist[normal] / weight[cl[normal]], budget)
+        values = cut * weight
+        method = "share_weighted"
+    values = np.maximum(values, floor)
 
     # The same decision as thresholds.judge, so recorded rates are what serving will do.
     alerts = (dist > values[cl]) | rare_row
@@ -92,10 +104,10 @@ def calibrate(
     )
     realised = float(alerts.mean())
     extra: dict[str, Any] = {
-        "method": "share_weighted",
+        "method": method,
         "spread_weight": float(spread_weight),
         "share_weight": float(share_weight),
-        "cut": float(cut),
+        "cut": None if math.isnan(cut) else float(cut),
         "spreads": [float(s) for s in spread],
         "calibration_rows": n,
         "target_alert_rate": float(rate),
@@ -205,6 +217,36 @@ def _spreads(
             own = pooled ** (1.0 - trust) * own**trust
         spread[c] = own
     return spread, fallback
+
+
+def _per_cluster_quantiles(
+    clusters: npt.NDArray[np.int64],
+    distances: npt.NDArray[np.float64],
+    spread: npt.NDArray[np.float64],
+    fallback: npt.NDArray[np.bool_],
+    normal: npt.NDArray[np.bool_],
+    quantile: float,
+) -> npt.NDArray[np.float64]:
+    """Each cluster's own distance quantile; too-small clusters borrow the pooled one.
+
+    The pooled quantile is taken over distances normalised by their cluster's spread and
+    scaled back by the small cluster's (shrunk) spread, so it keeps the cluster's width.
+    """
+    k = spread.shape[0]
+    z = (
+        distances[normal] / spread[clusters[normal]]
+        if normal.any()
+        else distances / spread[clusters]
+    )
+    pooled_q = float(np.quantile(z, quantile)) if z.size else 1.0
+    values = pooled_q * spread
+    order = np.argsort(clusters, kind="stable")
+    counts = np.bincount(clusters, minlength=k)
+    groups = np.split(distances[order], np.cumsum(counts)[:-1])
+    for c, group in enumerate(groups):
+        if not fallback[c] and group.size:
+            values[c] = float(np.quantile(group, quantile))
+    return values
 
 
 def _scale(values: npt.NDArray[np.float64], *, default: float) -> float:

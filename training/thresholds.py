@@ -25,13 +25,16 @@ POLICY_KINDS: tuple[PolicyKind, ...] = ("quantile", "target_alert_rate")
 class ThresholdPolicy:
     """How thresholds are calibrated.
 
-    ``quantile``: each cluster's threshold is that quantile of its held-out distances.
-    ``target_alert_rate``: thresholds are chosen so that the overall share of flagged
-    held-out rows (rare-pattern clusters included) equals ``value``.
+    ``target_alert_rate`` (default, 1 %): one alert budget for the whole model, spread over
+    the clusters by their width and training share (smaller clusters are judged more
+    strictly), so that the overall share of flagged held-out rows, rare-pattern clusters
+    included, equals ``value``. See :mod:`training.calibration` for why this is the default.
+    ``quantile`` (e.g. 0.99): each cluster's threshold is that quantile of its own
+    held-out distances, so every cluster alerts at about ``1 - value``.
     """
 
-    kind: PolicyKind = "quantile"
-    value: float = 0.99
+    kind: PolicyKind = "target_alert_rate"
+    value: float = 0.01
     rare_share: float = 0.005
     min_points: int = 30
 

@@ -16,7 +16,7 @@ from training.calibration import average_precision, calibrate, label_report, roc
 from training.errors import DataError
 from training.thresholds import ThresholdPolicy, Thresholds, judge
 
-QUANTILE = ThresholdPolicy()
+DEFAULT = ThresholdPolicy()  # one 1 % alert budget for the whole model
 
 
 def _sample(
@@ -89,15 +89,12 @@ def test_thresholds_are_finite_positive_and_consistent(
 @given(
     seed=st.integers(0, 2**32 - 1),
     n=st.integers(2_000, 6_000),
-    value=st.floats(0.9, 0.999),
-    kind=st.sampled_from(["quantile", "target_alert_rate"]),
+    value=st.floats(0.001, 0.1),
 )
 @settings(max_examples=30, deadline=None)
-def test_realised_alert_rate_matches_the_policy(seed: int, n: int, value: float, kind: str) -> None:
+def test_realised_alert_rate_matches_the_target(seed: int, n: int, value: float) -> None:
     clusters, distances, shares = _sample(seed, n, 5)
-    if kind == "target_alert_rate":
-        value = 1.0 - value
-    policy = ThresholdPolicy(kind=kind, value=value)  # type: ignore[arg-type]
+    policy = ThresholdPolicy(kind="target_alert_rate", value=value)
     t = calibrate(clusters, distances, cluster_shares=shares, policy=policy, model_version="m")
     # Continuous distances: exactly round(rate * n) rows are flagged.
     assert _realised(t, clusters, distances) == pytest.approx(
@@ -126,7 +123,7 @@ def test_a_higher_quantile_never_lowers_a_threshold(
             clusters,
             distances,
             cluster_shares=shares,
-            policy=ThresholdPolicy(value=q, min_points=min_points),
+            policy=ThresholdPolicy(kind="quantile", value=q, min_points=min_points),
             model_version="m",
         ).values
         for q in (low, high)
@@ -134,12 +131,26 @@ def test_a_higher_quantile_never_lowers_a_threshold(
     assert np.all(values[1] >= values[0])
 
 
+@given(seed=st.integers(0, 2**32 - 1), value=st.floats(0.8, 0.995))
+@settings(max_examples=30, deadline=None)
+def test_quantile_policy_is_each_clusters_own_quantile(seed: int, value: float) -> None:
+    clusters, distances, shares = _sample(seed, 8_000, 4)
+    policy = ThresholdPolicy(kind="quantile", value=value)
+    t = calibrate(clusters, distances, cluster_shares=shares, policy=policy, model_version="m")
+    for c in range(4):
+        own = distances[clusters == c]
+        assert t.values[c] == pytest.approx(np.quantile(own, value))
+        # Every cluster alerts at about 1 - quantile, however wide it is.
+        assert t.alert_rates[c] == pytest.approx(1.0 - value, abs=1.0 / own.size + 1e-9)
+    assert t.extra["method"] == "per_cluster_quantile"
+
+
 def test_rare_pattern_rows_are_flagged_and_count_in_the_overall_rate() -> None:
     clusters, distances, _ = _sample(1, 10_000, 4)
     clusters[:50] = 3  # the rare cluster holds 0.5 % of held-out rows...
     clusters[50:][clusters[50:] == 3] = 0
     shares = np.array([0.5, 0.3, 0.198, 0.002])  # ...and 0.2 % of training rows
-    t = calibrate(clusters, distances, cluster_shares=shares, policy=QUANTILE, model_version="m")
+    t = calibrate(clusters, distances, cluster_shares=shares, policy=DEFAULT, model_version="m")
     np.testing.assert_array_equal(t.rare, [False, False, False, True])
     assert t.alert_rates[3] == 1.0
     # 1 % overall: the rare cluster's 50 rows plus 50 distance alerts elsewhere.
@@ -156,7 +167,7 @@ def test_rare_rows_beyond_the_budget_exhaust_it() -> None:
         clusters,
         distances,
         cluster_shares=[0.6, 0.399, 0.001],
-        policy=QUANTILE,
+        policy=DEFAULT,
         model_version="m",
     )
     assert t.extra["budget_exhausted"] is True
@@ -169,7 +180,7 @@ def test_small_clusters_fall_back_on_a_robust_threshold() -> None:
     clusters[clusters == 2] = 0
     clusters[:2] = 2  # only two held-out rows in cluster 2, both far away
     distances[:2] = [400.0, 500.0]
-    t = calibrate(clusters, distances, cluster_shares=shares, policy=QUANTILE, model_version="m")
+    t = calibrate(clusters, distances, cluster_shares=shares, policy=DEFAULT, model_version="m")
     np.testing.assert_array_equal(t.fallback, [False, False, True])
     # Two stray rows do not set the cluster's threshold on their own: they are still flagged.
     assert distances[0] > t.values[2] > 0
@@ -182,7 +193,7 @@ def test_a_cluster_without_held_out_rows_gets_the_pooled_spread() -> None:
         clusters,
         distances,
         cluster_shares=[0.4, 0.4, 0.2],
-        policy=QUANTILE,
+        policy=DEFAULT,
         model_version="m",
         spread_weight=1.0,
         share_weight=0.0,
@@ -195,7 +206,7 @@ def test_a_cluster_without_held_out_rows_gets_the_pooled_spread() -> None:
 def test_all_zero_distances_give_positive_thresholds_and_no_alerts() -> None:
     clusters = np.array([0, 0, 1, 1, 1])
     t = calibrate(
-        clusters, np.zeros(5), cluster_shares=[0.5, 0.5], policy=QUANTILE, model_version="m"
+        clusters, np.zeros(5), cluster_shares=[0.5, 0.5], policy=DEFAULT, model_version="m"
     )
     assert np.all(t.values > 0)
     assert not judge(t, clusters, np.zeros(5)).anomalous.any()
@@ -207,7 +218,7 @@ def test_weights_zero_give_one_global_distance_cut() -> None:
         clusters,
         distances,
         cluster_shares=shares,
-        policy=QUANTILE,
+        policy=DEFAULT,
         model_version="m",
         spread_weight=0.0,
         share_weight=0.0,
@@ -225,7 +236,7 @@ def test_full_spread_weight_equalises_scaled_clusters() -> None:
         clusters,
         distances,
         cluster_shares=np.full(4, 0.25),
-        policy=QUANTILE,
+        policy=DEFAULT,
         model_version="m",
         spread_weight=1.0,
         share_weight=0.0,
@@ -241,7 +252,7 @@ def test_share_weight_judges_smaller_clusters_more_strictly() -> None:
         clusters,
         distances,
         cluster_shares=[0.9, 0.1],
-        policy=QUANTILE,
+        policy=DEFAULT,
         model_version="m",
         spread_weight=0.0,
         share_weight=1.0,
@@ -290,14 +301,14 @@ def test_bad_samples_raise_data_error(
             np.array(clusters),
             distances,
             cluster_shares=shares,
-            policy=QUANTILE,
+            policy=DEFAULT,
             model_version="m",
         )
 
 
 def test_negative_weights_are_rejected() -> None:
     with pytest.raises(DataError, match="share_weight"):
-        calibrate([0], [1.0], cluster_shares=[1.0], policy=QUANTILE, model_version="m",
+        calibrate([0], [1.0], cluster_shares=[1.0], policy=DEFAULT, model_version="m",
                   share_weight=-1.0)  # fmt: skip
 
 
@@ -305,7 +316,7 @@ def _hand_thresholds() -> Thresholds:
     return Thresholds(
         version=4,
         model_version="m",
-        policy=QUANTILE,
+        policy=DEFAULT,
         values=np.array([1.0, 2.0, 1.0]),
         rare=np.array([False, False, True]),
         counts=np.zeros(3, dtype=np.int64),
