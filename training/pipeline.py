@@ -27,7 +27,7 @@ from training.data import CsvSchema, StratifiedSplitter, infer_schema, iter_chun
 from training.errors import DataError, SpecError
 from training.features import CategoricalField, FeatureFitter, FeatureSpec
 from training.hyperparameters import KMeansHyperparameters, parse_hyperparameters
-from training.kmeans import KMeansResult, assign, fit_kmeans
+from training.kmeans import REFINE_PASSES, KMeansResult, assign, fit_kmeans
 from training.registry import Registry
 from training.thresholds import ThresholdPolicy, Thresholds
 from training.tuning import DEFAULT_PARAMETER_RANGES, TuningConfig, TuningResult, tune
@@ -287,6 +287,9 @@ def _pass_two(
     labels = np.empty(split.test_rows, dtype=np.int8) if request.label_column else None
     # Same seed and chunking as pass one, so every row lands on the same side.
     splitter = StratifiedSplitter(request.test_fraction, seed=request.seed)
+    # Mini-batches are read in file order; shuffling rows inside each chunk keeps a batch
+    # from being one slice of time or one merchant (files are often sorted that way).
+    shuffle = np.random.default_rng([request.seed, 2])
     i_train = i_test = 0
     with tqdm(
         total=split.train_rows + split.test_rows,
@@ -300,7 +303,7 @@ def _pass_two(
             test = splitter.assign(columns[stratify] if stratify else None, n)
             x = spec.transform(columns).X
             n_test = int(test.sum())
-            x_train[i_train : i_train + n - n_test] = x[~test]
+            x_train[i_train : i_train + n - n_test] = shuffle.permutation(x[~test])
             x_test[i_test : i_test + n_test] = x[test]
             if labels is not None and request.label_column is not None:
                 labels[i_test : i_test + n_test] = columns[request.label_column][test]
@@ -332,7 +335,7 @@ def _fit(
     progress: bool,
 ) -> KMeansResult:
     """Train K-Means on the train split and evaluate on the test split, with a progress bar."""
-    total = x_train.shape[0] * hyperparameters.epochs
+    total = x_train.shape[0] * (hyperparameters.epochs + REFINE_PASSES)
     with tqdm(total=total, desc="train k-means", unit=" rows", disable=not progress) as bar:
         seen = 0
 

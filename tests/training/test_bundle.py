@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from tests.factories import make_thresholds
 from training.bundle import (
     SCHEMA_VERSION,
     Bundle,
@@ -21,7 +22,7 @@ from training.bundle import (
 )
 from training.errors import BundleError
 from training.features import CategoricalField, FeatureSpec, NumericField
-from training.thresholds import ThresholdPolicy, Thresholds
+from training.thresholds import Thresholds
 
 K, DIM = 3, 4
 VERSION = "20261128T004040Z-1a2b3c"
@@ -62,19 +63,7 @@ def manifest(**overrides: Any) -> Manifest:
 
 def thresholds(**overrides: Any) -> Thresholds:
     """Valid thresholds for the manifest's model."""
-    k = overrides.pop("k", K)
-    values: dict[str, Any] = {
-        "version": 1,
-        "model_version": VERSION,
-        "policy": ThresholdPolicy(),
-        "values": np.linspace(1.0, 2.0, k),
-        "rare": np.zeros(k, dtype=bool),
-        "counts": np.full(k, 10, dtype=np.int64),
-        "alert_rates": np.full(k, 0.01),
-        "fallback": np.zeros(k, dtype=bool),
-    }
-    values.update(overrides)
-    return Thresholds(**values)
+    return make_thresholds(VERSION, overrides.pop("k", K), **overrides)
 
 
 def sample(n: int = 6, *, labels: bool = True) -> CalibrationSample:

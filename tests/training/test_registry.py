@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from tests.factories import make_thresholds
 from training.artifact import read_model_tar
 from training.bundle import SCHEMA_VERSION, CalibrationSample, Manifest
 from training.errors import BundleError, RegistryError
@@ -27,7 +28,7 @@ from training.registry import (
     open_registry,
     validate_key,
 )
-from training.thresholds import ThresholdPolicy, Thresholds
+from training.thresholds import Thresholds
 
 K, DIM = 3, 4
 VERSION = "20261128T004040Z-1a2b3c"
@@ -59,19 +60,7 @@ def manifest(**overrides: Any) -> Manifest:
 
 def thresholds(**overrides: Any) -> Thresholds:
     """Valid thresholds version 1 for the test model (``k`` overridable)."""
-    k = overrides.pop("k", K)
-    values: dict[str, Any] = {
-        "version": 1,
-        "model_version": VERSION,
-        "policy": ThresholdPolicy(),
-        "values": np.linspace(1.0, 2.0, k),
-        "rare": np.zeros(k, dtype=bool),
-        "counts": np.full(k, 10, dtype=np.int64),
-        "alert_rates": np.full(k, 0.01),
-        "fallback": np.zeros(k, dtype=bool),
-    }
-    values.update(overrides)
-    return Thresholds(**values)
+    return make_thresholds(VERSION, overrides.pop("k", K), **overrides)
 
 
 def sample() -> CalibrationSample:
