@@ -121,6 +121,24 @@ def fit_kmeans(
     return _fit(minibatches, chunks, hp, seed, test, advance, refine_passes, None)
 
 
+def array_batches(array: npt.ArrayLike, rows: int = 65_536) -> BatchSource:
+    """A :data:`BatchSource` over an array (memory-mapped ``.npy`` files included), in order.
+
+    Slices are copied one at a time, so a memory-mapped file is streamed, never loaded whole.
+    The local pipeline and every tuning trial train through this same source, so the final
+    model of a tuning run is exactly its best trial's.
+    """
+    if rows < 1:
+        raise ValueError(f"rows must be >= 1, got {rows}")
+    data = np.asarray(array) if not isinstance(array, np.ndarray) else array
+
+    def source() -> Iterator[FloatArray]:
+        for start in range(0, data.shape[0], rows):
+            yield np.asarray(data[start : start + rows], dtype=np.float64)
+
+    return source
+
+
 def fit_arrays(
     train: npt.ArrayLike,
     hp: KMeansHyperparameters,

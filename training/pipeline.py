@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +27,7 @@ from training.data import CsvSchema, StratifiedSplitter, infer_schema, iter_chun
 from training.errors import DataError, SpecError
 from training.features import CategoricalField, FeatureFitter, FeatureSpec
 from training.hyperparameters import KMeansHyperparameters, parse_hyperparameters
-from training.kmeans import REFINE_PASSES, KMeansResult, assign, fit_kmeans
+from training.kmeans import REFINE_PASSES, KMeansResult, array_batches, assign, fit_kmeans
 from training.registry import Registry
 from training.thresholds import ThresholdPolicy, Thresholds
 from training.tuning import DEFAULT_PARAMETER_RANGES, TuningConfig, TuningResult, tune
@@ -316,16 +316,6 @@ def _pass_two(
     return labels
 
 
-def _batches(x: npt.NDArray[np.float64]) -> Callable[[], Iterable[npt.NDArray[np.float64]]]:
-    """A re-iterable source of row slices over an (memory-mapped) array."""
-
-    def source() -> Iterator[npt.NDArray[np.float64]]:
-        for start in range(0, x.shape[0], ARRAY_BATCH_ROWS):
-            yield np.asarray(x[start : start + ARRAY_BATCH_ROWS])
-
-    return source
-
-
 def _fit(
     x_train: npt.NDArray[np.float64],
     x_test: npt.NDArray[np.float64],
@@ -345,7 +335,11 @@ def _fit(
             seen = max(seen, rows)
 
         return fit_kmeans(
-            _batches(x_train), hyperparameters, seed=seed, test=_batches(x_test), progress=report
+            array_batches(x_train, ARRAY_BATCH_ROWS),
+            hyperparameters,
+            seed=seed,
+            test=array_batches(x_test, ARRAY_BATCH_ROWS),
+            progress=report,
         )
 
 

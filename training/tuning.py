@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from training.errors import HyperparameterError, TuningError
 from training.hyperparameters import KMeansHyperparameters, parse_hyperparameters
-from training.kmeans import fit_arrays
+from training.kmeans import array_batches, fit_kmeans
 
 Strategy = Literal["Bayesian", "Random"]
 # Runs one trial in a worker: (train .npy path, test .npy path, hyperparameters, seed) -> metrics.
@@ -192,7 +192,12 @@ def _run_trial(
     """Fit K-Means for one trial in a worker process and return its metrics."""
     train = np.load(train_path, mmap_mode="r")
     test = np.load(test_path, mmap_mode="r")
-    result = fit_arrays(train, parse_hyperparameters(hyperparameters), seed=seed, test=test)
+    result = fit_kmeans(
+        array_batches(train),
+        parse_hyperparameters(hyperparameters),
+        seed=seed,
+        test=array_batches(test),
+    )
     return dict(result.metrics)
 
 

@@ -103,6 +103,9 @@ def test_tuning_picks_a_trial(demo_csv: Path, tmp_path: Path) -> None:
     for name, value in tuned.items():
         assert outcome.manifest.hyperparameters[name] == value
     assert outcome.manifest.tuning is not None
+    # The registered model is the best trial's model, as SageMaker's BestTrainingJob is.
+    best = outcome.tuning.best_training_job["FinalHyperParameterTuningJobObjectiveMetric"]
+    assert outcome.manifest.metrics["test:msd"] == pytest.approx(best["Value"], rel=1e-9)
 
 
 def trained_registry(demo_csv: Path, root: Path) -> tuple[Registry, str]:

@@ -15,7 +15,7 @@ import pytest
 
 from training.errors import TuningError
 from training.hyperparameters import parse_hyperparameters
-from training.kmeans import fit_arrays
+from training.kmeans import array_batches, fit_kmeans
 from training.tuning import (
     DEFAULT_PARAMETER_RANGES,
     TuningConfig,
@@ -544,7 +544,7 @@ def test_real_kmeans_trials_give_parseable_winner(
     assert hyperparameters.to_strings()["mini_batch_size"] == tuned["mini_batch_size"]
     # The reported objective is reproducible: refitting the winner with the seed gives it back.
     train, test = (np.load(p) for p in splits)
-    refit = fit_arrays(train, hyperparameters, seed=11, test=test)
+    refit = fit_kmeans(array_batches(train), hyperparameters, seed=11, test=array_batches(test))
     value = result.best_training_job["FinalHyperParameterTuningJobObjectiveMetric"]["Value"]
     assert refit.metrics["test:msd"] == pytest.approx(value, rel=1e-12)
     assert value == min(t["test:msd"] for t in result.trials)
