@@ -87,7 +87,9 @@ def calibrate(
     rare_rows = int(np.count_nonzero(rare_row))
     floor = max(_FLOOR_FRACTION * pooled, _FLOOR_ABSOLUTE)
     if policy.kind == "quantile":
-        values = _per_cluster_quantiles(cl, dist, spread, fallback, normal, policy.value)
+        values = _per_cluster_quantiles(
+            cl, dist, np.maximum(spread, floor), fallback, normal, policy.value
+        )
         method, cut, budget = "per_cluster_quantile", math.nan, 0
     else:
         budget = round(rate * n) - rare_rows
@@ -231,6 +233,7 @@ def _per_cluster_quantiles(
 
     The pooled quantile is taken over distances normalised by their cluster's spread and
     scaled back by the small cluster's (shrunk) spread, so it keeps the cluster's width.
+    ``spread`` must already be floored above zero (a subnormal spread would overflow).
     """
     k = spread.shape[0]
     z = (
