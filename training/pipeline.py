@@ -28,9 +28,10 @@ from training.errors import DataError, SpecError
 from training.features import CategoricalField, FeatureFitter, FeatureSpec
 from training.hyperparameters import KMeansHyperparameters, parse_hyperparameters
 from training.kmeans import REFINE_PASSES, KMeansResult, array_batches, assign, fit_kmeans
+from training.parameter_ranges import DEFAULT_PARAMETER_RANGES
 from training.registry import Registry
 from training.thresholds import ThresholdPolicy, Thresholds
-from training.tuning import DEFAULT_PARAMETER_RANGES, TuningConfig, TuningResult, tune
+from training.tuning import TuningConfig, TuningResult, tune
 
 log = logging.getLogger(__name__)
 

@@ -19,15 +19,8 @@ from training.artifact import read_model_tar
 from training.bundle import SCHEMA_VERSION, CalibrationSample, Manifest
 from training.errors import BundleError, RegistryError
 from training.features import CategoricalField, FeatureSpec, NumericField
-from training.registry import (
-    TEMP_PREFIX,
-    ActivePointer,
-    LocalStorage,
-    MissingKeyError,
-    Registry,
-    open_registry,
-    validate_key,
-)
+from training.registry import ActivePointer, Registry, open_registry
+from training.storage import TEMP_PREFIX, LocalStorage, MissingKeyError, validate_key
 from training.thresholds import Thresholds
 
 K, DIM = 3, 4

@@ -16,13 +16,8 @@ import pytest
 from training.errors import TuningError
 from training.hyperparameters import parse_hyperparameters
 from training.kmeans import array_batches, fit_kmeans
-from training.tuning import (
-    DEFAULT_PARAMETER_RANGES,
-    TuningConfig,
-    TuningResult,
-    tune,
-    validate_parameter_ranges,
-)
+from training.parameter_ranges import DEFAULT_PARAMETER_RANGES, validate_parameter_ranges
+from training.tuning import TuningConfig, TuningResult, tune
 
 STATIC = {"k": "3", "feature_dim": "2"}
 BEST_TRAINING_JOB_KEYS = {
