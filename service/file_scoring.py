@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,11 @@ def score_file(
     partial = target.with_name(f".{target.name}.partial")
     rows = anomalous = 0
     writer: pacsv.CSVWriter | None = None
+    # Formatting CSV costs about as much as scoring; pyarrow releases the GIL while it
+    # writes, so chunk N is written on a second thread while chunk N+1 is read and scored.
+    # One write in flight at a time keeps the output in order and memory bounded.
+    write_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="score-file-writer")
+    in_flight: Future[None] | None = None
     try:
         with tqdm(desc="score", unit=" rows", disable=not progress, leave=False) as bar:
             for chunk in iter_chunks(
@@ -76,15 +82,23 @@ def score_file(
                         table.schema,
                         write_options=pacsv.WriteOptions(quoting_style="needed"),
                     )
-                writer.write_table(table)
+                if in_flight is not None:
+                    in_flight.result()  # re-raises a failed write here, not later
+                in_flight = write_pool.submit(writer.write_table, table)
                 rows += table.num_rows
                 anomalous += int(np.count_nonzero(scored.anomalous))
                 bar.update(table.num_rows)
+        if in_flight is not None:
+            in_flight.result()
+            in_flight = None
         if writer is not None:
             writer.close()
             writer = None
         partial.replace(target)
     finally:
+        if in_flight is not None:
+            in_flight.exception()  # wait for it: the file is closed and removed below
+        write_pool.shutdown(wait=True)
         if writer is not None:
             writer.close()
         partial.unlink(missing_ok=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import math
 import numbers
 from collections.abc import Iterable, Mapping
@@ -300,13 +301,9 @@ class FeatureSpec:
                         flat[row * plan.dim + start + code] = 1.0
                 unseen[name] = np.array([code < 0 for code in found], dtype=np.bool_)
         elif texts:
-            codes = np.array(
-                [
-                    _codes(index, values)
-                    for index, values in zip(plan.category_index, texts, strict=True)
-                ],
-                dtype=np.intp,
-            ).reshape(len(texts), n)
+            codes = np.empty((len(texts), n), dtype=np.intp)
+            for i, (index, values) in enumerate(zip(plan.category_index, texts, strict=True)):
+                codes[i] = _code_array(index, values, n)
             seen = codes >= 0
             rows = np.nonzero(seen)[1]
             starts = np.array(plan.category_start, dtype=np.intp)[:, np.newaxis]
@@ -568,6 +565,14 @@ def _codes(index: dict[str, int], values: Iterable[Any]) -> list[int]:
     if -1 in codes:
         # Not text (an int from JSON, say): compare as text before calling it unseen.
         codes = [get(v if isinstance(v, str) else str(v), -1) for v in values]
+    return codes
+
+
+def _code_array(index: dict[str, int], values: Iterable[Any], n: int) -> npt.NDArray[np.intp]:
+    """:func:`_codes` as an array, built without an intermediate list (batch path)."""
+    codes = np.fromiter(map(index.get, values, itertools.repeat(-1, n)), dtype=np.intp, count=n)
+    if (codes < 0).any():
+        codes = np.array(_codes(index, values), dtype=np.intp)
     return codes
 
 

@@ -156,8 +156,25 @@ def test_keep_batch_holds_every_column_in_file_order(tmp_path: Path) -> None:
     assert chunk.batch is not None
     assert chunk.batch.schema.names == ["amount", "hour", "code", "note"]
     assert chunk.batch.schema.field("note").type == pa.string()
-    assert chunk.batch.schema.field("amount").type == pa.float64()
+    # The batch is the file's text, untouched, so it can be written back out exactly.
+    assert chunk.batch.schema.field("amount").type == pa.string()
     assert chunk.batch.column("note").to_pylist() == [f"n{i}" for i in range(5)]
+    assert chunk.batch.column("amount").to_pylist() == [f"{i}.5" for i in range(5)]
+    np.testing.assert_array_equal(chunk.columns["amount"], [0.5, 1.5, 2.5, 3.5, 4.5])
+
+
+def test_keep_batch_text_lines_up_with_columns_across_chunks(tmp_path: Path) -> None:
+    rows = "".join(
+        f"{i}.50,{i % 24},c{i % 3},note {i}\n" for i in range(1, 80_001)
+    )  # > 1 MiB: several read blocks
+    path = write(tmp_path / "ok.csv", HEADER + rows)
+    chunks = read_all(path, chunk_rows=30_000, keep_batch=True)
+    assert sum(c.n_rows for c in chunks) == 80_000
+    for chunk in chunks:
+        assert chunk.batch is not None
+        text = chunk.batch.column("amount").to_pylist()
+        assert [float(t) for t in text] == chunk.columns["amount"].tolist()
+        assert text[0] == f"{chunk.first_row}.50"
 
 
 def test_keep_batch_alone_streams_whole_rows(tmp_path: Path) -> None:

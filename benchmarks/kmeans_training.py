@@ -8,9 +8,9 @@ centroids as served). Ratios: wall time against ``KMeans(n_init=1)``, test MSD a
 three (the machine is shared). Peak memory of the streaming path is what
 ``fit_kmeans`` allocates (tracemalloc) while reading the training rows in 65,536-row chunks.
 
-    .venv/bin/python benchmarks/training.py            # 1M x 10 and 1M x 30
-    .venv/bin/python benchmarks/training.py --quick    # 200k rows (< 60 s)
-    .venv/bin/python benchmarks/training.py --large    # adds 10M x 10
+    .venv/bin/python benchmarks/kmeans_training.py            # 1M x 10 and 1M x 30
+    .venv/bin/python benchmarks/kmeans_training.py --quick    # 200k rows (< 60 s)
+    .venv/bin/python benchmarks/kmeans_training.py --large    # adds 10M x 10
 """
 
 from __future__ import annotations
