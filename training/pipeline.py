@@ -24,7 +24,7 @@ from tqdm import tqdm
 from training.bundle import SCHEMA_VERSION, CalibrationSample, Manifest
 from training.calibration import calibrate, label_report
 from training.data import CsvSchema, StratifiedSplitter, infer_schema, iter_chunks, read_header
-from training.errors import DataError, SpecError
+from training.errors import DataError, SpecError, TuningError
 from training.features import CategoricalField, FeatureFitter, FeatureSpec
 from training.hyperparameters import KMeansHyperparameters, parse_hyperparameters
 from training.kmeans import REFINE_PASSES, KMeansResult, array_batches, assign, fit_kmeans
@@ -93,6 +93,8 @@ def train(request: TrainRequest, registry: Registry, *, progress: bool = False) 
         raise DataError(f"label column '{label}' is not in the header", file=str(path))
     # Validate hyperparameter overrides before reading any data: a typo should cost nothing.
     parse_hyperparameters({"k": str(request.k), "feature_dim": "1", **request.hyperparameters})
+    if request.tune:
+        _tuned_names(request)
 
     spec, skipped = _initial_spec(request, header)
     stratify = _stratify_column(request, spec)
@@ -353,15 +355,7 @@ def _tune(
     progress: bool,
 ) -> TuningResult:
     """Run the local Bayesian search; tuned names are removed from the static map."""
-    tuned = {
-        str(r["Name"])
-        for kind in (
-            "IntegerParameterRanges",
-            "ContinuousParameterRanges",
-            "CategoricalParameterRanges",
-        )
-        for r in request.parameter_ranges.get(kind, [])
-    }
+    tuned = _tuned_names(request)
     static = {k: v for k, v in hyperparameters.to_strings().items() if k not in tuned}
     config = TuningConfig(
         static_hyperparameters=static,
@@ -372,6 +366,28 @@ def _tune(
         seed=request.seed,
     )
     return tune(train_path, test_path, config, show_progress=progress)
+
+
+def _tuned_names(request: TrainRequest) -> set[str]:
+    """Hyperparameters the request tunes; an explicitly set one may not be among them."""
+    tuned = {
+        str(r["Name"])
+        for kind in (
+            "IntegerParameterRanges",
+            "ContinuousParameterRanges",
+            "CategoricalParameterRanges",
+        )
+        for r in request.parameter_ranges.get(kind, [])
+        if isinstance(r, Mapping) and "Name" in r
+    }
+    both = sorted(tuned & set(request.hyperparameters))
+    if both:
+        # Dropping the user's value for the tuned one would be a silent guess.
+        raise TuningError(
+            f"hyperparameter '{both[0]}' is set explicitly and also tuned; "
+            "set it or tune it, not both"
+        )
+    return tuned
 
 
 def _assign_all(

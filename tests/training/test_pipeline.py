@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from training.demo import DEMO_FEATURES, LABEL_COLUMN, DemoConfig, generate, write_csv
-from training.errors import DataError, HyperparameterError, SpecError
+from training.errors import DataError, HyperparameterError, SpecError, TuningError
 from training.pipeline import TrainRequest, train
 from training.registry import Registry, open_registry
 from training.thresholds import ThresholdPolicy
@@ -150,3 +150,11 @@ def test_too_few_rows_for_k(tmp_path: Path) -> None:
     write_csv(generate(DemoConfig(rows=6, seed=1, anomaly_share=0.0, card_testing_share=0.0)), path)
     with pytest.raises(DataError, match="k=6"):
         train(request(path), open_registry(tmp_path / "reg"))
+
+
+def test_a_tuned_hyperparameter_cannot_also_be_set(demo_csv: Path, tmp_path: Path) -> None:
+    registry = open_registry(tmp_path / "reg")
+    overrides = {"mini_batch_size": "500"}
+    with pytest.raises(TuningError, match="mini_batch_size"):
+        train(request(demo_csv, tune=True, max_jobs=2, hyperparameters=overrides), registry)
+    assert registry.active() is None
