@@ -70,6 +70,8 @@ _SINGLE_THREAD_PRODUCT = 4 * 65_536
 # Up to this many centres, scanning centre by centre beats argmin over rows and a one-hot matmul
 # sums rows per centre faster than a flat bincount.
 _FEW_CENTRES = 16
+# Rows per product when summing rows per centre through a one-hot matrix.
+_SUM_ROWS = 4_096
 
 logger = logging.getLogger("training.kmeans")
 
@@ -470,12 +472,22 @@ class _Search:
         """Nearest centre per row (ties -> lowest index)."""
         return self._scan(rows, values=False)[0]
 
-    def nearest(self, rows: FloatArray) -> tuple[IntArray, FloatArray]:
-        """Nearest centre per row and the squared distance to it, clipped at 0."""
+    def partial(self, rows: FloatArray) -> tuple[IntArray, FloatArray]:
+        """Nearest centre per row and ||c||² - 2x·c to it (add ||x||² for the distance)."""
+        return self._scan(rows, values=True)
+
+    def nearest(
+        self, rows: FloatArray, row_norms: FloatArray | None = None
+    ) -> tuple[IntArray, FloatArray]:
+        """Nearest centre per row and the squared distance to it, clipped at 0.
+
+        ``row_norms`` (||x||² per row) spares recomputing them when the same rows are scanned
+        again (Lloyd rounds).
+        """
         labels, partial = self._scan(rows, values=True)
-        squared = partial + np.einsum("ij,ij->i", rows, rows)
-        np.maximum(squared, 0.0, out=squared)
-        return labels, squared
+        partial += _row_norms(rows) if row_norms is None else row_norms
+        np.maximum(partial, 0.0, out=partial)
+        return labels, partial
 
     def _scan(self, rows: FloatArray, *, values: bool) -> tuple[IntArray, FloatArray]:
         """Labels and (if ``values``) min ||c||² - 2x·c per row; fresh arrays, not buffers."""
@@ -495,14 +507,13 @@ class _Search:
         block = self._distances[: count * self._k].reshape(self._k, count)
         np.matmul(self._product, rows.T, out=block)
         block += self._norms[:, None]
-        best, closer = self._best[:count], self._closer[:count]
-        best[:] = block[0]
-        labels = np.zeros(count, dtype=np.int64)
-        for centre in range(1, self._k):
-            # Strictly closer only, so a tie keeps the lower index.
-            np.less(block[centre], best, out=closer)
-            np.minimum(best, block[centre], out=best)
-            np.putmask(labels, closer, centre)
+        best, hit = self._best[:count], self._closer[:count]
+        np.minimum.reduce(block, axis=0, out=best)
+        # Descending, so where several centres tie for the minimum the lowest index is kept.
+        labels = np.full(count, self._k - 1, dtype=np.int64)
+        for centre in range(self._k - 2, -1, -1):
+            np.equal(block[centre], best, out=hit)
+            np.putmask(labels, hit, centre)
         return labels, best.copy()
 
     def _plain_block(self, rows: FloatArray) -> FloatArray:
@@ -546,7 +557,24 @@ class _Search:
             np.equal(labels[None, :], np.arange(k)[:, None], out=one_hot, casting="unsafe")
             if weights is not None:
                 one_hot *= weights
-            return counts, one_hot @ rows
+            if len(rows) <= _SUM_ROWS:
+                return counts, one_hot @ rows
+            # In pieces: one (k, n) @ (n, d) product with n in the tens of thousands ran at
+            # half the speed of the same work in pieces of a few thousand rows.
+            sums = np.zeros((k, dim))
+            for start in range(0, len(rows), _SUM_ROWS):
+                stop = start + _SUM_ROWS
+                sums += one_hot[:, start:stop] @ rows[start:stop]
+            return counts, sums
+        if weights is None and k <= np.iinfo(np.int16).max:
+            # Rows grouped by label (a radix sort on int16 labels) and summed per group.
+            order = np.argsort(labels.astype(np.int16), kind="stable")
+            grouped = np.take(rows, order, axis=0)
+            filled = np.flatnonzero(counts)
+            starts = np.cumsum(counts)[filled] - counts[filled]
+            sums = np.zeros((k, dim))
+            sums[filled] = np.add.reduceat(grouped, starts.astype(np.int64), axis=0)
+            return counts, sums
         if self._flat_index.size < len(rows) * dim:
             self._flat_index = np.empty(len(rows) * dim, dtype=np.int64)
         index = self._flat_index[: len(rows) * dim].reshape(len(rows), dim)
@@ -567,28 +595,45 @@ def _kmeans_plus_plus(
     D² sampling often leaves two centres in one blob, which Lloyd cannot undo.
     """
     tries = 2 + int(math.log(count))
-    norms = np.einsum("ij,ij->i", points, points)
+    norms = _row_norms(points)
+    # Points as columns: candidates' distances come out as contiguous rows, and the product
+    # runs several times faster than against few columns.
+    columns = np.ascontiguousarray(points.T)
     chosen = np.empty(count, dtype=np.int64)
     taken = np.zeros(len(points), dtype=bool)
     chosen[0] = _draw(weights, taken, 1, rng)[0]
     taken[chosen[0]] = True
-    nearest = _squared_to(points, norms, chosen[:1])[:, 0]
+    nearest = _squared_to(points, columns, norms, chosen[:1])[0]
     for i in range(1, count):
         mass = weights * nearest
-        mass[taken] = 0.0  # the trick leaves ~1e-16 at chosen points: never re-draw them
+        mass[chosen[:i]] = 0.0  # the trick leaves ~1e-16 at chosen points: never re-draw them
         candidates = _draw(mass, taken, tries, rng)
-        squared = _squared_to(points, norms, candidates)
-        np.minimum(squared, nearest[:, None], out=squared)
-        best = int((weights @ squared).argmin())
+        squared = _squared_to(points, columns, norms, candidates)
+        np.minimum(squared, nearest, out=squared)
+        best = int((squared @ weights).argmin())
         chosen[i] = candidates[best]
         taken[chosen[i]] = True
-        nearest = squared[:, best]
+        nearest = squared[best]
     return chosen
 
 
-def _squared_to(points: FloatArray, norms: FloatArray, indices: IntArray) -> FloatArray:
-    """Squared distances (n, len(indices)) from every point to the indexed points, clipped at 0."""
-    squared = norms[:, None] - 2.0 * (points @ points[indices].T) + norms[indices]
+def _row_norms(rows: FloatArray) -> FloatArray:
+    """||x||² per row."""
+    norms: FloatArray = np.einsum("ij,ij->i", rows, rows)
+    return norms
+
+
+def _squared_to(
+    points: FloatArray, columns: FloatArray, norms: FloatArray, indices: IntArray
+) -> FloatArray:
+    """Squared distances (len(indices), n) from the indexed points to every point, clipped at 0.
+
+    ``columns`` is ``points.T`` (contiguous) and ``norms`` the points' ||x||².
+    """
+    # -2·c is exact, so this is (||x||² - 2x·c) + ||c||² without the temporaries.
+    squared = (points[indices] * -2.0) @ columns
+    squared += norms
+    squared += norms[indices][:, None]
     return np.maximum(squared, 0.0, out=squared)
 
 
@@ -599,10 +644,13 @@ def _draw(
     cumulative = np.cumsum(mass)
     total = cumulative[-1]
     if total > 0.0 and math.isfinite(total):
-        drawn = np.searchsorted(cumulative, rng.random(count) * total, side="right")
-        # rng.random() * total can round up to total: step back to the last point with mass.
-        last = int(np.flatnonzero(mass)[-1])
-        indices: IntArray = np.minimum(drawn, last).astype(np.int64)
+        indices: IntArray = np.searchsorted(
+            cumulative, rng.random(count) * total, side="right"
+        ).astype(np.int64)
+        # rng.random() * total can round up to total (index len(mass)): step back to the last
+        # point with mass. Any other index lands where the cumulative sum rises: mass > 0.
+        if indices.max() >= len(mass):
+            np.minimum(indices, int(np.flatnonzero(mass)[-1]), out=indices)
         return indices
     # Coincident points (all D² = 0) or zero weights: any untaken point will do.
     untaken = np.flatnonzero(~taken)
@@ -695,7 +743,8 @@ def _lloyd(
     def loss_of(squared: FloatArray) -> float:
         return float((squared if weights is None else weights * squared).sum() / total)
 
-    labels, squared = search.nearest(points)
+    row_norms = _row_norms(points)
+    labels, squared = search.nearest(points, row_norms)
     loss = loss_of(squared)
     for _ in range(max_iter):
         mass, sums = search.sums_for(points, labels, weights)
@@ -703,7 +752,7 @@ def _lloyd(
         centres = centres.copy()
         centres[filled] = sums[filled] / mass[filled, None]
         search.set_centres(centres)
-        labels, squared = search.nearest(points)
+        labels, squared = search.nearest(points, row_norms)
         previous, loss = loss, loss_of(squared)
         if previous - loss <= tol * previous:
             break
@@ -726,11 +775,13 @@ def _refine(
         sums = np.zeros_like(centres)
         total = 0.0
         for chunk in chunks():
-            labels, squared = search.nearest(chunk)
+            # Only the total is needed: Σ||x||² in one BLAS dot, not per row (nor clipped: a
+            # rounding below 0 is far under the logged precision).
+            labels, partial = search.partial(chunk)
             chunk_counts, chunk_sums = search.sums_for(chunk, labels)
             counts += chunk_counts
             sums += chunk_sums
-            total += float(squared.sum())
+            total += float(partial.sum()) + float(np.vdot(chunk, chunk))
             if progress is not None:
                 progress(len(chunk))
         msd = total / max(counts.sum(), 1.0)
