@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -67,8 +66,7 @@ class Verdict:
 class _Plan:
     """Everything per-model that scoring would otherwise recompute per batch."""
 
-    minus_two_t: npt.NDArray[np.float64]  # -2·Cᵀ, (d, k): the matmul then gives -2x·c
-    norms: npt.NDArray[np.float64]  # ||c||², (k,)
+    nearest: kmeans.NearestCentroids  # the embedded assigner, precomputed once per model
     group: npt.NDArray[np.float64]  # (d, F) 0/1: which field each column belongs to
     fields: tuple[str, ...]
     numeric: tuple[bool, ...]
@@ -213,19 +211,19 @@ def score_columns(
     model: ScoringModel,
     columns: Mapping[str, Any],
     *,
-    assign: Assigner = kmeans.assign,
+    assign: Assigner | None = None,
 ) -> ScoredBatch:
     """Score raw columns (one array-like per field): one transform, one assign, one judge.
 
-    ``assign`` maps (vectors, centroids) to (cluster, Euclidean distance); with the default,
-    the model's precomputed in-process search is used (the same arithmetic as
-    ``kmeans.assign``). Raises SpecError naming a missing or malformed field.
+    ``assign`` maps (vectors, centroids) to (cluster, Euclidean distance), e.g. a SageMaker
+    endpoint; by default the model's centroids are searched in process. Raises SpecError
+    naming a missing or malformed field.
     """
     plan = model._plan
     transformed = model.spec.transform(columns)
     x = transformed.X
-    if assign is kmeans.assign:
-        cluster, distance = _nearest(plan, x)
+    if assign is None:
+        cluster, distance = plan.nearest.assign(x)
     else:
         found, found_distance = assign(x, model.centroids)
         cluster = np.asarray(found, dtype=np.int64).reshape(-1)
@@ -379,33 +377,6 @@ def _check_assignment(
         raise ValueError("assigner returned a negative or non-finite distance")
 
 
-def _nearest(
-    plan: _Plan, x: npt.NDArray[np.float64]
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
-    """Nearest centre and Euclidean distance: ||x||² - 2x·c + ||c||², clipped at 0."""
-    if x.shape[0] == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
-    if x.shape[0] == 1:
-        # One row (the API's common case): Python min/index on k floats beats numpy
-        # reductions; the arithmetic, and so every bit of the result, is the same.
-        values = (x @ plan.minus_two_t + plan.norms)[0].tolist()
-        lowest = min(values)
-        squared_one = lowest + float(np.einsum("ij,ij->i", x, x)[0])
-        return (
-            np.array([values.index(lowest)], dtype=np.int64),
-            np.array([math.sqrt(max(squared_one, 0.0))]),
-        )
-    block = x @ plan.minus_two_t
-    block += plan.norms
-    cluster = block.argmin(axis=1)
-    # The row minimum is the entry at argmin: no gather needed.
-    squared = block.min(axis=1)
-    squared += np.einsum("ij,ij->i", x, x)
-    np.maximum(squared, 0.0, out=squared)
-    np.sqrt(squared, out=squared)
-    return cluster.astype(np.int64, copy=False), squared
-
-
 def _make_plan(spec: FeatureSpec, centroids: npt.NDArray[np.float64]) -> _Plan:
     """Precompute norms, the column-to-field grouping and each cluster's usual categories."""
     fields = spec.fields
@@ -427,8 +398,7 @@ def _make_plan(spec: FeatureSpec, centroids: npt.NDArray[np.float64]) -> _Plan:
     names = np.empty(len(fields) + 1, dtype=object)
     names[:] = [field.name for field in fields] + [""]
     return _Plan(
-        minus_two_t=np.ascontiguousarray(centroids.T) * -2.0,
-        norms=np.einsum("ij,ij->i", centroids, centroids),
+        nearest=kmeans.NearestCentroids(centroids),
         group=group,
         fields=tuple(field.name for field in fields),
         numeric=numeric,

@@ -177,48 +177,78 @@ def fit_arrays(
     return _fit(minibatches, chunks, hp, seed, test_source, None, refine_passes, sample)
 
 
+class NearestCentroids:
+    """Assigns rows to fixed centroids; ||c||² and -2·Cᵀ are computed once, not per call.
+
+    Serving keeps one per model, so a single-row request pays for one small matmul only.
+    """
+
+    def __init__(self, centroids: npt.ArrayLike) -> None:
+        centres = np.asarray(centroids, dtype=np.float64)
+        if centres.ndim != 2 or centres.shape[0] < 1:
+            raise DataError(f"centroids must be a non-empty 2-d array, got shape {centres.shape}")
+        self.centroids = centres
+        # -2·Cᵀ is exact (a power of two), so the matmul yields -2x·c with no extra pass.
+        self._minus_two_t = np.ascontiguousarray(centres.T) * -2.0
+        self._norms = np.einsum("ij,ij->i", centres, centres)
+
+    def assign(self, X: npt.ArrayLike) -> tuple[IntArray, FloatArray]:
+        """Each row's nearest centroid (ties -> lowest index) and its Euclidean distance.
+
+        Uses ||x||² - 2x·c + ||c||² (clipped at 0) in float64, like the container's
+        predictor; a 1-d ``X`` is one row.
+        """
+        rows = np.asarray(X, dtype=np.float64)
+        if rows.ndim == 1:
+            rows = rows.reshape(1, -1)
+        if rows.ndim != 2 or rows.shape[1] != self.centroids.shape[1]:
+            raise DataError(
+                f"cannot assign rows of shape {rows.shape} to centroids of shape "
+                f"{self.centroids.shape}"
+            )
+        if len(rows) == 1:
+            return self._assign_one(rows)
+        if len(rows) <= _CHUNK_ROWS:
+            clusters, squared = self._nearest(rows)
+        else:
+            clusters = np.empty(len(rows), dtype=np.int64)
+            squared = np.empty(len(rows), dtype=np.float64)
+            for start in range(0, len(rows), _CHUNK_ROWS):
+                stop = start + _CHUNK_ROWS
+                clusters[start:stop], squared[start:stop] = self._nearest(rows[start:stop])
+        np.maximum(squared, 0.0, out=squared)
+        return clusters, np.sqrt(squared, out=squared)
+
+    def _assign_one(self, row: FloatArray) -> tuple[IntArray, FloatArray]:
+        # One row (the API's common case): Python min/index over k floats beats numpy
+        # reductions. Same formula as the batch path; BLAS may sum a single row's product
+        # in another order, so distances agree to rounding (~1e-15), not bit for bit.
+        values = (row @ self._minus_two_t + self._norms)[0].tolist()
+        lowest = min(values)
+        squared = lowest + float(np.einsum("ij,ij->i", row, row)[0])
+        return (
+            np.array([values.index(lowest)], dtype=np.int64),
+            np.array([math.sqrt(max(squared, 0.0))]),
+        )
+
+    def _nearest(self, rows: FloatArray) -> tuple[IntArray, FloatArray]:
+        """Nearest centre per row and ||x||² - 2x·c + ||c||² to it (not yet clipped)."""
+        block = rows @ self._minus_two_t
+        block += self._norms
+        labels = block.argmin(axis=1)
+        squared = block[np.arange(len(rows)), labels]
+        squared += np.einsum("ij,ij->i", rows, rows)
+        return labels.astype(np.int64, copy=False), squared
+
+
 def assign(
     X: npt.ArrayLike, centroids: npt.ArrayLike
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
     """Return each row's nearest centroid (ties -> lowest index) and its Euclidean distance.
 
-    Uses ||x||² - 2x·c + ||c||² (clipped at 0) in float64, like the container's predictor; a 1-d
-    ``X`` is one row.
+    One-off form of :class:`NearestCentroids`; keep one of those to assign repeatedly.
     """
-    rows = np.asarray(X, dtype=np.float64)
-    if rows.ndim == 1:
-        rows = rows.reshape(1, -1)
-    centres = np.asarray(centroids, dtype=np.float64)
-    if rows.ndim != 2 or centres.ndim != 2 or rows.shape[1] != centres.shape[1]:
-        raise DataError(
-            f"cannot assign rows of shape {rows.shape} to centroids of shape {centres.shape}"
-        )
-    minus_two_t = centres.T * -2.0
-    norms = np.einsum("ij,ij->i", centres, centres)
-    if len(rows) <= _CHUNK_ROWS:  # one row per request in the service: fewest calls
-        clusters, squared = _nearest(rows, minus_two_t, norms)
-    else:
-        clusters = np.empty(len(rows), dtype=np.int64)
-        squared = np.empty(len(rows), dtype=np.float64)
-        for start in range(0, len(rows), _CHUNK_ROWS):
-            stop = start + _CHUNK_ROWS
-            clusters[start:stop], squared[start:stop] = _nearest(
-                rows[start:stop], minus_two_t, norms
-            )
-    np.maximum(squared, 0.0, out=squared)
-    return clusters, np.sqrt(squared, out=squared)
-
-
-def _nearest(
-    rows: FloatArray, minus_two_t: FloatArray, norms: FloatArray
-) -> tuple[IntArray, FloatArray]:
-    """Nearest centre per row and ||x||² - 2x·c + ||c||² to it (not yet clipped)."""
-    block = rows @ minus_two_t
-    block += norms
-    labels = block.argmin(axis=1)
-    squared = block[np.arange(len(rows)), labels]
-    squared += np.einsum("ij,ij->i", rows, rows)
-    return labels.astype(np.int64, copy=False), squared
+    return NearestCentroids(centroids).assign(X)
 
 
 def evaluate(

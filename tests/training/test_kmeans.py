@@ -18,6 +18,7 @@ from training.hyperparameters import KMeansHyperparameters
 from training.kmeans import (
     CONTAINER_DATE_FORMAT,
     CONTAINER_LOG_FORMAT,
+    NearestCentroids,
     assign,
     evaluate,
     fit_arrays,
@@ -364,3 +365,24 @@ def test_one_feature_many_centres() -> None:
     hp = hyperparameters(k=3, feature_dim=1, mini_batch_size=7)
     centroids = np.sort(fit_arrays(data, hp, seed=0).centroids[:, 0])
     assert np.allclose(centroids, [0.0, 10.0, 20.0], atol=0.1)
+
+
+def test_nearest_centroids_single_row_matches_the_batch_path() -> None:
+    rng = np.random.default_rng(5)
+    centroids = rng.normal(size=(7, 4))
+    rows = rng.normal(size=(50, 4))
+    index = NearestCentroids(centroids)
+    batch_clusters, batch_distances = index.assign(rows)
+    for i, row in enumerate(rows):
+        cluster, distance = index.assign(row)
+        assert cluster.tolist() == [batch_clusters[i]]
+        assert distance[0] == pytest.approx(batch_distances[i], rel=1e-12)
+    np.testing.assert_array_equal(assign(rows, centroids)[0], batch_clusters)
+
+
+def test_nearest_centroids_single_row_tie_goes_to_lowest_index() -> None:
+    index = NearestCentroids(np.array([[1.0, 0.0], [-1.0, 0.0], [1.0, 0.0]]))
+    assert index.assign([0.0, 0.0])[0].tolist() == [0]
+    assert index.assign([[0.0, 0.0], [0.0, 0.0]])[0].tolist() == [0, 0]
+    clusters, distances = index.assign(np.empty((0, 2)))
+    assert clusters.shape == distances.shape == (0,)
