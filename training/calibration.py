@@ -206,9 +206,7 @@ def _spreads(
     k = counts.shape[0]
     spread = np.full(k, pooled, dtype=np.float64)
     fallback = counts < min_points
-    order = np.argsort(clusters, kind="stable")
-    groups = np.split(distances[order], np.cumsum(counts)[:-1])
-    for c, group in enumerate(groups):
+    for c, group in enumerate(_by_cluster(clusters, distances, counts)):
         if group.size == 0:
             continue
         own = _scale(group, default=pooled)
@@ -235,7 +233,6 @@ def _per_cluster_quantiles(
     scaled back by the small cluster's (shrunk) spread, so it keeps the cluster's width.
     ``spread`` must already be floored above zero (a subnormal spread would overflow).
     """
-    k = spread.shape[0]
     z = (
         distances[normal] / spread[clusters[normal]]
         if normal.any()
@@ -243,13 +240,21 @@ def _per_cluster_quantiles(
     )
     pooled_q = float(np.quantile(z, quantile)) if z.size else 1.0
     values = pooled_q * spread
-    order = np.argsort(clusters, kind="stable")
-    counts = np.bincount(clusters, minlength=k)
-    groups = np.split(distances[order], np.cumsum(counts)[:-1])
-    for c, group in enumerate(groups):
+    counts = np.bincount(clusters, minlength=spread.shape[0])
+    for c, group in enumerate(_by_cluster(clusters, distances, counts)):
         if not fallback[c] and group.size:
             values[c] = float(np.quantile(group, quantile))
     return values
+
+
+def _by_cluster(
+    clusters: npt.NDArray[np.int64],
+    distances: npt.NDArray[np.float64],
+    counts: npt.NDArray[np.int64],
+) -> list[npt.NDArray[np.float64]]:
+    """The distances of each cluster 0..k-1 (``counts`` = bincount of ``clusters``)."""
+    order = np.argsort(clusters, kind="stable")
+    return np.split(distances[order], np.cumsum(counts)[:-1])
 
 
 def _scale(values: npt.NDArray[np.float64], *, default: float) -> float:

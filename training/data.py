@@ -224,7 +224,14 @@ def iter_chunks(
         if keep_batch
         else itertools.repeat(None)
     )
-    for batch, text in zip(reader.blocks(), text_blocks, strict=False):
+    pairs: Iterator[tuple[pa.RecordBatch, pa.RecordBatch | None]]
+    if kinds:
+        pairs = zip(reader.blocks(), text_blocks, strict=False)
+    else:
+        # Nothing to convert: the text stream alone (a typed reader with no columns would
+        # read them all, guessing types).
+        pairs = ((text, text) for text in text_blocks if text is not None)
+    for batch, text in pairs:
         n = batch.num_rows
         if text is not None and text.num_rows != n:
             raise DataError(

@@ -30,7 +30,7 @@ DEFAULT_PARAMETER_RANGES: dict[str, Any] = {
 }
 
 _NUMERIC_KINDS = ("IntegerParameterRanges", "ContinuousParameterRanges")
-_RANGE_KINDS = (*_NUMERIC_KINDS, "CategoricalParameterRanges")
+RANGE_KINDS = (*_NUMERIC_KINDS, "CategoricalParameterRanges")
 _SCALING_TYPES = ("Auto", "Linear", "Logarithmic", "ReverseLogarithmic")
 # SageMaker limits [BOTO]: at most 30 ranges of each kind, 30 values per categorical range,
 # 256 characters per value.
@@ -87,12 +87,12 @@ def parse_parameter_ranges(
     for kind in ranges:
         if kind == "AutoParameters":
             raise TuningError("ParameterRanges: AutoParameters (Autotune) is not supported locally")
-        if kind not in _RANGE_KINDS:
+        if kind not in RANGE_KINDS:
             raise TuningError(
-                f"ParameterRanges: unknown key {kind!r}; expected {', '.join(_RANGE_KINDS)}"
+                f"ParameterRanges: unknown key {kind!r}; expected {', '.join(RANGE_KINDS)}"
             )
     labelled: list[tuple[str, ParameterRange]] = []
-    for kind in _RANGE_KINDS:
+    for kind in RANGE_KINDS:
         entries = ranges.get(kind, [])
         if not isinstance(entries, list | tuple):
             raise TuningError(f"{kind} must be a list of ranges, got {type(entries).__name__}")

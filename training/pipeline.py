@@ -28,7 +28,7 @@ from training.errors import DataError, SpecError, TuningError
 from training.features import CategoricalField, FeatureFitter, FeatureSpec
 from training.hyperparameters import KMeansHyperparameters, parse_hyperparameters
 from training.kmeans import REFINE_PASSES, KMeansResult, array_batches, assign, fit_kmeans
-from training.parameter_ranges import DEFAULT_PARAMETER_RANGES
+from training.parameter_ranges import DEFAULT_PARAMETER_RANGES, RANGE_KINDS
 from training.registry import Registry
 from training.thresholds import ThresholdPolicy, Thresholds
 from training.tuning import TuningConfig, TuningResult, tune
@@ -206,8 +206,9 @@ def _initial_spec(request: TrainRequest, header: list[str]) -> tuple[FeatureSpec
             f"feature column(s) {', '.join(repr(m) for m in missing)} not in the header",
             file=str(request.data),
         )
-    if spec.feature_dim == 0 and not spec.fields:
-        raise SpecError("no usable feature columns")
+    if not spec.fields:
+        why = "; ".join(f"{column}: {reason}" for column, reason in skipped.items())
+        raise SpecError("no usable feature columns" + (f" ({why})" if why else ""))
     return spec, skipped
 
 
@@ -372,11 +373,7 @@ def _tuned_names(request: TrainRequest) -> set[str]:
     """Hyperparameters the request tunes; an explicitly set one may not be among them."""
     tuned = {
         str(r["Name"])
-        for kind in (
-            "IntegerParameterRanges",
-            "ContinuousParameterRanges",
-            "CategoricalParameterRanges",
-        )
+        for kind in RANGE_KINDS
         for r in request.parameter_ranges.get(kind, [])
         if isinstance(r, Mapping) and "Name" in r
     }

@@ -187,6 +187,17 @@ def test_keep_batch_alone_streams_whole_rows(tmp_path: Path) -> None:
     ]
 
 
+def test_keep_batch_alone_never_guesses_types(tmp_path: Path) -> None:
+    # A column that looks numeric for the first read blocks and holds text later.
+    rows = "".join(f"{i}.5,{i % 24},c{i % 3},{i}\n" for i in range(80_000)) + "1.5,1,c0,abc\n"
+    path = write(tmp_path / "ok.csv", HEADER + rows)
+    chunks = read_all(path, CsvSchema(), chunk_rows=50_000, keep_batch=True)
+    assert [c.n_rows for c in chunks] == [50_000, 30_001]
+    last = chunks[-1].batch
+    assert last is not None
+    assert last.column("note").to_pylist()[-2:] == ["79999", "abc"]
+
+
 def test_extra_columns_are_read_and_checked(tmp_path: Path) -> None:
     path = write(tmp_path / "ok.csv", "amount,hour,code,label,shop\n1,2,a,0,s1\n3,4,b,1,s2\n")
     (chunk,) = read_all(path, extra_numeric=("label",), extra_categorical=("shop",))

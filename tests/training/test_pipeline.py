@@ -158,3 +158,10 @@ def test_a_tuned_hyperparameter_cannot_also_be_set(demo_csv: Path, tmp_path: Pat
     with pytest.raises(TuningError, match="mini_batch_size"):
         train(request(demo_csv, tune=True, max_jobs=2, hyperparameters=overrides), registry)
     assert registry.active() is None
+
+
+def test_no_usable_feature_column_says_why(tmp_path: Path) -> None:
+    path = tmp_path / "ids.csv"
+    path.write_text("id\n" + "".join(f"tx-{i}\n" for i in range(300)))
+    with pytest.raises(SpecError, match=r"no usable feature columns \(id: "):
+        train(request(path, features=None, label_column=None), open_registry(tmp_path / "r"))
