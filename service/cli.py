@@ -1,4 +1,4 @@
-"""The ``fraudscore`` command line: demo data, training, file scoring, model listing.
+"""The ``fraudscore`` command line: demo data, training, file scoring, models, the service.
 
 Every command has ``--help``; bad input ends with one line on stderr and a non-zero exit
 (2 for usage errors, 1 for errors in data, models or registries).
@@ -15,8 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from pydantic import ValidationError
+
+from service import serve
 from service.file_scoring import score_file
 from service.models import load_active
+from service.settings import Settings
 from training.demo import DEMO_FEATURES, LABEL_COLUMN, DemoConfig, generate, write_csv
 from training.errors import FraudscoreError
 from training.kmeans import CONTAINER_DATE_FORMAT, CONTAINER_LOG_FORMAT
@@ -148,6 +152,17 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="train the demo model if none is active, then score a fresh demo file"
     )
     _registry_arg(p)
+
+    p = sub.add_parser("serve", help="serve the HTTP API (settings: FRAUDSCORE_* variables)")
+    p.add_argument("--host", help="address to listen on (default: $FRAUDSCORE_HOST or 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default: $FRAUDSCORE_PORT or 8000)")
+    p.add_argument("--workers", type=_positive_int, help="worker processes (default: 1)")
+    p.add_argument("--registry", help="registry (default: $FRAUDSCORE_REGISTRY or var/registry)")
+    p.add_argument(
+        "--demo-model",
+        action="store_true",
+        help="first train the demo model when a local registry has no active model",
+    )
     return parser
 
 
@@ -203,6 +218,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "demo":
         return _demo(args.registry, progress=progress)
+    if args.command == "serve":
+        return _serve(args, progress=progress)
     raise AssertionError(f"unhandled command {args.command}")  # argparse enforces the choices
 
 
@@ -336,11 +353,11 @@ def _list_models(registry: Registry, *, as_json: bool) -> None:
         )
 
 
-def _demo(registry_location: str, *, progress: bool) -> int:
+def _ensure_demo_model(registry_location: str, *, progress: bool) -> Registry:
+    """The registry, after training the demo model into it if it has no active model."""
     registry = open_registry(registry_location)
-    workdir = Path(registry_location).parent / "demo"
     if registry.active() is None:
-        train_csv = workdir / "train.csv"
+        train_csv = Path(registry_location).parent / "demo" / "train.csv"
         print(f"no active model in {registry_location}: training the demo model on {train_csv}")
         write_csv(generate(DemoConfig(rows=50_000, seed=0)), train_csv)
         outcome = train(
@@ -349,6 +366,40 @@ def _demo(registry_location: str, *, progress: bool) -> int:
             progress=progress,
         )
         _print_outcome(outcome)
+    return registry
+
+
+def _serve(args: argparse.Namespace, *, progress: bool) -> int:
+    overrides = {
+        name: value
+        for name, value in (
+            ("host", args.host),
+            ("port", args.port),
+            ("workers", args.workers),
+            ("registry", args.registry),
+        )
+        if value is not None
+    }
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise FraudscoreError(f"invalid settings: {problems}") from None
+    if args.demo_model:
+        if "://" in settings.registry:
+            raise FraudscoreError("--demo-model trains into a local registry only")
+        _ensure_demo_model(settings.registry, progress=progress)
+    url = f"http://{settings.host}:{settings.port}"
+    print(f"fraudscore: serving {settings.registry} on {url} (API docs: {url}/docs)", flush=True)
+    serve.run(settings)
+    return 0
+
+
+def _demo(registry_location: str, *, progress: bool) -> int:
+    registry = _ensure_demo_model(registry_location, progress=progress)
+    workdir = Path(registry_location).parent / "demo"
     source = workdir / "transactions.csv"
     scored = workdir / "scored.csv"
     write_csv(generate(DemoConfig(rows=10_000, seed=1)), source)

@@ -286,7 +286,8 @@ def _row_reasons(
             if part > 0.0:
                 ranked.append((-part, f))
         elif batch.unseen[name][i]:
-            new.append(f)
+            new.append(f)  # competes for the top places, and is named in any case
+            ranked.append((-part, f))
         elif part > 0.0 and x[i, usual[c]] != 1.0:
             ranked.append((-part, f))
     ranked.sort()  # largest part first; ties in field order

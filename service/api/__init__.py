@@ -1,0 +1,1 @@
+"""FastAPI routers: HTTP in, one data-plane or model-state call, HTTP out."""

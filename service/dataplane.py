@@ -1,0 +1,114 @@
+"""The data plane: request bodies of the scoring routes to response bodies, over one model.
+
+Shared by the FastAPI routes and the direct ASGI path in :mod:`service.asgi`, so both
+answer byte for byte the same. Raises :class:`~service.errors.ServiceError` subclasses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from service.backends import ClusterBackend
+from service.errors import (
+    BackendUnavailable,
+    InvalidRequest,
+    NotReady,
+    PayloadTooLarge,
+    validation_problems,
+)
+from service.metrics import ServiceMetrics
+from service.model_state import ModelHolder, ServingModel
+from service.schemas import Transaction, batch_request_model
+from service.transactions import Decisions, decide, in_batch, one, response_body, row_values
+from training.errors import SpecError
+
+
+class DataPlane:
+    """Validates, scores and encodes; the model is read once per request."""
+
+    def __init__(
+        self,
+        holder: ModelHolder,
+        backend: ClusterBackend,
+        metrics: ServiceMetrics,
+        *,
+        max_batch: int,
+        reasons: int,
+        retry_after_s: int,
+    ) -> None:
+        self.holder = holder
+        self.backend = backend
+        self.metrics = metrics
+        self.max_batch = max_batch
+        self.reasons = reasons
+        self.retry_after_s = retry_after_s
+        self.batch_model: type[BaseModel] = batch_request_model(max_batch)
+
+    def serving(self) -> ServingModel:
+        """The model to score this request with; NotReady while there is none."""
+        serving = self.holder.current
+        if serving is None:
+            raise NotReady(
+                f"no model is ready: {self.holder.problem}", retry_after_s=self.retry_after_s
+            )
+        return serving
+
+    def score_one(self, body: bytes) -> bytes:
+        """``POST /score``: one transaction's JSON to its decision's JSON."""
+        serving = self.serving()
+        try:
+            transaction = Transaction.model_validate_json(body)
+        except ValidationError as exc:
+            raise InvalidRequest.of(validation_problems(exc)) from None
+        if self.backend.assigner(serving.model) is None:
+            verdict = serving.row.score(row_values(serving.layout, transaction), top=self.reasons)
+            if verdict is not None:
+                self.metrics.observe_decisions((verdict.cluster,), (verdict.anomalous,))
+                model = serving.model
+                return orjson.dumps(
+                    response_body(
+                        transaction.transaction_id,
+                        verdict,
+                        model.model_version,
+                        model.thresholds_version,
+                        self.backend.name,
+                    )
+                )
+        decisions = self._decide(serving, [transaction], one)
+        return orjson.dumps(decisions.bodies[0])
+
+    def score_batch(self, body: bytes) -> bytes:
+        """``POST /score/batch``: many transactions, answered in order by one model version."""
+        serving = self.serving()
+        try:
+            batch: Any = self.batch_model.model_validate_json(body)
+        except ValidationError as exc:
+            if any(e["type"] == "too_long" and e["loc"] == ("transactions",) for e in exc.errors()):
+                raise PayloadTooLarge(
+                    f"a batch holds at most {self.max_batch} transactions"
+                ) from None
+            raise InvalidRequest.of(validation_problems(exc)) from None
+        decisions = self._decide(serving, batch.transactions, in_batch)
+        return orjson.dumps({"results": decisions.bodies})
+
+    def _decide(self, serving: ServingModel, transactions: Any, where: Any) -> Decisions:
+        try:
+            decisions = decide(
+                serving.model,
+                serving.layout,
+                transactions,
+                backend=self.backend.name,
+                assign=self.backend.assigner(serving.model),
+                reasons=self.reasons,
+                where=where,
+            )
+        except SpecError as exc:
+            # The layout checks kinds first, so this is a value the transform refused.
+            raise InvalidRequest(str(exc), [("body", str(exc))]) from None
+        except (OSError, ValueError) as exc:
+            raise BackendUnavailable(f"the {self.backend.name} backend failed: {exc}") from None
+        self.metrics.observe_decisions(decisions.clusters, decisions.anomalous)
+        return decisions

@@ -1,0 +1,85 @@
+"""The service's settings: one pydantic-settings class read from ``FRAUDSCORE_*`` variables."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_REGISTRY = "var/registry"
+
+
+class Settings(BaseSettings):
+    """Everything the service reads from its environment (``FRAUDSCORE_`` prefix).
+
+    Arguments passed to the constructor beat environment variables, so tests and the CLI
+    build ``Settings(...)`` directly.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="FRAUDSCORE_", extra="ignore", frozen=True, validate_default=True
+    )
+
+    registry: str = DEFAULT_REGISTRY
+    """Registry root: a directory (the embedded default) or ``s3://bucket/prefix``."""
+
+    host: str = "127.0.0.1"
+    """Where ``fraudscore serve`` and ``make run`` listen."""
+
+    port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    """TCP port (0 lets the system choose, for tests)."""
+
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
+    """Worker processes; each holds its own copy of the model."""
+
+    backend: Literal["local"] = "local"
+    """Where the nearest cluster is found: ``local`` (centroids in process)."""
+
+    poll_interval_s: Annotated[float, Field(gt=0.0, le=3600.0)] = 5.0
+    """How often each worker checks the registry's ``ACTIVE`` pointer for a new version."""
+
+    max_batch: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    """Most transactions in one ``POST /score/batch`` request (more: 413)."""
+
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
+    """Largest request body accepted on any route (more: 413)."""
+
+    reasons: Annotated[int, Field(ge=0, le=50)] = 3
+    """Reasons returned per decision (fields with the largest share of the distance)."""
+
+    api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    """Comma-separated keys accepted in ``X-API-Key`` on the scoring routes (open when empty)."""
+
+    admin_token: SecretStr | None = None
+    """Bearer token for ``/admin/*``; the admin routes are disabled while it is unset."""
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Level of the JSON log lines on stderr."""
+
+    access_log: bool = True
+    """One JSON line per request (method, path, status, duration, request id; no payload)."""
+
+    log_payloads: bool = False
+    """Also log transaction ids and decisions of scored requests (off: they are customer data)."""
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        """Keys come as one comma-separated variable; blanks around them are ignored."""
+        if isinstance(value, str):
+            return tuple(key.strip() for key in value.split(",") if key.strip())
+        return value
+
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _blank_token_is_unset(cls, value: object) -> object:
+        """An empty ``FRAUDSCORE_ADMIN_TOKEN`` means no token, not an empty password."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @property
+    def retry_after_s(self) -> int:
+        """What ``Retry-After`` says while no model is ready: about one poll interval."""
+        return max(1, round(self.poll_interval_s))
