@@ -2,10 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-REGISTRY ?= var/registry
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint typecheck unit bench clean
+.PHONY: help run demo test lint typecheck unit bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -23,8 +22,11 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $@ $(VENV)/.installed
 
-run: $(VENV)/.installed  ## train the demo model if none is active, then score a demo file
-	FRAUDSCORE_REGISTRY=$(REGISTRY) $(BIN)/fraudscore demo
+run: $(VENV)/.installed  ## serve the API on 127.0.0.1:8000 (trains the demo model first if none is active)
+	$(BIN)/fraudscore serve --demo-model
+
+demo: $(VENV)/.installed  ## train the demo model if none is active, then score a demo file
+	$(BIN)/fraudscore demo
 
 lint: $(VENV)/.installed-dev  ## ruff lint and format check
 	$(BIN)/ruff check .
@@ -39,7 +41,7 @@ unit: $(VENV)/.installed-dev  ## pytest
 test: lint typecheck unit  ## everything CI runs: lint, types, tests
 
 bench: $(VENV)/.installed-dev  ## quick versions of every benchmark
-	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b --quick || exit 1; done
+	@for b in benchmarks/[a-z]*.py; do echo "== $$b"; $(BIN)/python $$b --quick || exit 1; done
 
 clean:  ## remove the virtualenv, caches and local state (registry included)
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -145,6 +145,11 @@ class FrontDoor:
             status, headers, content = self._error(exc, request_id)
         except ClientDisconnected:
             return 499  # nginx's code for a client that closed the request; nothing to send
+        except Exception:
+            # Every expected failure is a ServiceError; this is a bug, and says so.
+            error_log.exception("unhandled error", extra={"request_id": request_id})
+            internal = ServiceError("internal error; the request id is in the logs")
+            status, headers, content = self._error(internal, request_id)
         await _send(send, status, headers, content, request_id)
         return status
 

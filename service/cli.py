@@ -387,9 +387,10 @@ def _serve(args: argparse.Namespace, *, progress: bool) -> int:
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
         raise FraudscoreError(f"invalid settings: {problems}") from None
+    if args.demo_model and "://" in settings.registry:
+        raise FraudscoreError("--demo-model trains into a local registry only")
+    open_registry(settings.registry)  # an unusable location fails here, in one line
     if args.demo_model:
-        if "://" in settings.registry:
-            raise FraudscoreError("--demo-model trains into a local registry only")
         _ensure_demo_model(settings.registry, progress=progress)
     url = f"http://{settings.host}:{settings.port}"
     print(f"fraudscore: serving {settings.registry} on {url} (API docs: {url}/docs)", flush=True)

@@ -10,7 +10,8 @@ from typing import Any, BinaryIO
 
 import orjson
 
-# Attributes every LogRecord has; anything else on a record came from ``extra=``.
+# Attributes every LogRecord has; anything else on a record came from ``extra=``
+# (uvicorn's ``color_message`` is the message again with terminal colours).
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 
 
@@ -28,7 +29,7 @@ class JsonFormatter(logging.Formatter):
         out.update(
             (key, value)
             for key, value in record.__dict__.items()
-            if key not in _STANDARD and not key.startswith("_")
+            if key not in _STANDARD and not key.startswith("_") and key != "color_message"
         )
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)

@@ -58,10 +58,9 @@ class Settings(BaseSettings):
     """Level of the JSON log lines on stderr."""
 
     access_log: bool = True
-    """One JSON line per request (method, path, status, duration, request id; no payload)."""
+    """One JSON line per request: method, path, status, duration, request id.
 
-    log_payloads: bool = False
-    """Also log transaction ids and decisions of scored requests (off: they are customer data)."""
+    Request and response bodies are never logged: they hold customer data."""
 
     @field_validator("api_keys", mode="before")
     @classmethod

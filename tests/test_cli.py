@@ -264,3 +264,19 @@ def test_score_file_bad_row_leaves_no_output(trained: Path, tmp_path: Path) -> N
     assert "row 5" in line
     assert not out.exists()
     assert list(tmp_path.iterdir()) == [bad]
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["serve", "--port", "70000"], "port"),
+        (["serve", "--registry", "s3://bucket/prefix", "--demo-model"], "local registry"),
+        (["serve", "--registry", "ftp://host/x"], "unsupported registry"),
+    ],
+)
+def test_serve_refuses_bad_settings_in_one_line(
+    tmp_path: Path, args: list[str], words: str
+) -> None:
+    line = one_line_error(run(*args, cwd=tmp_path))
+    assert words in line
+    assert not (tmp_path / "var").exists()

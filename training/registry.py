@@ -350,7 +350,7 @@ def open_registry(location: str | Path) -> Registry:
     """The registry at a local directory (created on first write) or an ``s3://`` URL."""
     text = str(location)
     if text.startswith("s3://"):
-        raise RegistryError(f"S3 registries need the AWS extra (issue 4): {text}")
+        raise RegistryError(f"S3 registries are not supported yet: {text}")
     if "://" in text:
         raise RegistryError(
             f"unsupported registry location {text!r}: use a directory or s3://bucket/prefix"

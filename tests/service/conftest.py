@@ -59,9 +59,7 @@ def make_client(registry: Registry) -> ClientFactory:
         backend: ClusterBackend | None = None,
         **overrides: Any,
     ) -> Iterator[TestClient]:
-        settings = Settings(
-            registry=str(registry.location), access_log=False, **overrides
-        )
+        settings = Settings(registry=str(registry.location), access_log=False, **overrides)
         app = create_app(settings, registry=registry_ or registry, backend=backend)
         with TestClient(app, raise_server_exceptions=False) as client:
             yield client
