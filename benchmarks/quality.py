@@ -25,7 +25,7 @@ import numpy.typing as npt
 from sklearn.ensemble import IsolationForest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from training.calibration import SHARE_WEIGHT, SPREAD_WEIGHT, calibrate
+from training.calibration import SHARE_WEIGHT, SPREAD_QUANTILE, SPREAD_WEIGHT, calibrate
 from training.features import FeatureFitter, FeatureSpec, NumericField
 from training.hyperparameters import KMeansHyperparameters
 from training.kmeans import assign, fit_arrays
@@ -117,6 +117,7 @@ def ours(
     *,
     spread_weight: float = SPREAD_WEIGHT,
     share_weight: float = SHARE_WEIGHT,
+    spread_quantile: float = SPREAD_QUANTILE,
 ) -> Outcome:
     """Calibrate on the held-out rows, judge every row."""
     t = calibrate(
@@ -127,6 +128,7 @@ def ours(
         model_version="bench",
         spread_weight=spread_weight,
         share_weight=share_weight,
+        spread_quantile=spread_quantile,
     )
     verdict = judge(t, p.clusters, p.distances)
     flagged = verdict.anomalous
@@ -158,7 +160,8 @@ def table(prepared: Sequence[Prepared], policy: ThresholdPolicy, seed: int) -> b
     rate = policy.expected_alert_rate
     print(
         f"policy {policy.kind} {policy.value} (alert rate {rate:.2%}), rare_share "
-        f"{policy.rare_share}, spread_weight {SPREAD_WEIGHT}, share_weight {SHARE_WEIGHT}"
+        f"{policy.rare_share}, spread_weight {SPREAD_WEIGHT}, share_weight {SHARE_WEIGHT}, "
+        f"spread_quantile {SPREAD_QUANTILE}"
     )
     head = (
         f"{'dataset':<16}{'rows':>7}{'anom':>7} | {'ROC':>6}{'PR':>6}{'flagged':>9}{'recall':>8}"
@@ -218,20 +221,24 @@ def explore(
         "averaged over seeds;\nshare of (set, seed) runs flagging within ±30 % of 1 %; "
         "[min, max] flagged share"
     )
+    # (label, spread_weight, share_weight, rare_share, spread_quantile)
     variants = [
-        ("per-cluster normalised (spread 1, share 0)", 1.0, 0.0, 0.005),
-        ("half normalised (spread 0.5, share 0)", 0.5, 0.0, 0.005),
-        ("global distance cut (spread 0, share 0)", 0.0, 0.0, 0.005),
-        ("global cut, no rare rule", 0.0, 0.0, 0.0),
-        ("global cut, rare_share 0.02", 0.0, 0.0, 0.02),
-        ("share-weighted (spread 0, share 1)", 0.0, 1.0, 0.005),
-        ("share-weighted (spread 0.5, share 0.5)", 0.5, 0.5, 0.005),
-        ("share-weighted (spread 0.5, share 1)", 0.5, 1.0, 0.005),
-        ("share-weighted (spread 1, share 1)", 1.0, 1.0, 0.005),
-        ("share-weighted (spread 0.5, share 1.25)", 0.5, 1.25, 0.005),
-        ("share-weighted (spread 0.5, share 1.5)", 0.5, 1.5, 0.005),
-        ("share-weighted (spread 0.5, share 2)", 0.5, 2.0, 0.005),
-        ("share-weighted (spread 0.5, share 1), no rare rule", 0.5, 1.0, 0.0),
+        ("per-cluster normalised (spread 1, share 0)", 1.0, 0.0, 0.005, SPREAD_QUANTILE),
+        ("half normalised (spread 0.5, share 0)", 0.5, 0.0, 0.005, SPREAD_QUANTILE),
+        ("global distance cut (spread 0, share 0)", 0.0, 0.0, 0.005, SPREAD_QUANTILE),
+        ("global cut, no rare rule", 0.0, 0.0, 0.0, SPREAD_QUANTILE),
+        ("global cut, rare_share 0.02", 0.0, 0.0, 0.02, SPREAD_QUANTILE),
+        ("share-weighted (spread 0, share 1)", 0.0, 1.0, 0.005, SPREAD_QUANTILE),
+        ("share-weighted (spread 0.5, share 0.5)", 0.5, 0.5, 0.005, SPREAD_QUANTILE),
+        ("share-weighted (spread 0.5, share 1)", 0.5, 1.0, 0.005, SPREAD_QUANTILE),
+        ("share-weighted (spread 1, share 1)", 1.0, 1.0, 0.005, SPREAD_QUANTILE),
+        ("share-weighted (spread 0.5, share 1.25)", 0.5, 1.25, 0.005, SPREAD_QUANTILE),
+        ("share-weighted (spread 0.5, share 1.5)", 0.5, 1.5, 0.005, SPREAD_QUANTILE),
+        ("share-weighted (spread 0.5, share 2)", 0.5, 2.0, 0.005, SPREAD_QUANTILE),
+        ("share-weighted (spread 0.5, share 1), no rare rule", 0.5, 1.0, 0.0, SPREAD_QUANTILE),
+        ("share-weighted, spread = median distance", 0.5, 1.0, 0.005, 0.5),
+        ("share-weighted, spread = 0.75 quantile", 0.5, 1.0, 0.005, 0.75),
+        ("share-weighted, spread = 0.95 quantile", 0.5, 1.0, 0.005, 0.95),
     ]
     for k in ks:
         runs = [[prepare(name, x, y, k, seed) for name, x, y in sets] for seed in seeds]
@@ -240,11 +247,20 @@ def explore(
             for seed, prepared in zip(seeds, runs, strict=True)
         ]
         print(f"k={k} (Isolation Forest median ROC-AUC {statistics.mean(forest):.3f})")
-        for label, spread, share, rare in variants:
+        for label, spread, share, rare, quantile in variants:
             policy = ThresholdPolicy(rare_share=rare)
             margins, flagged = [], []
             for prepared, baseline in zip(runs, forest, strict=True):
-                out = [ours(p, policy, spread_weight=spread, share_weight=share) for p in prepared]
+                out = [
+                    ours(
+                        p,
+                        policy,
+                        spread_weight=spread,
+                        share_weight=share,
+                        spread_quantile=quantile,
+                    )
+                    for p in prepared
+                ]
                 margins.append(statistics.median(o.roc_auc for o in out) - baseline)
                 flagged.extend(o.flagged for o in out)
             within = np.mean([abs(f / 0.01 - 1.0) <= ALLOWED_DEVIATION for f in flagged])
@@ -268,11 +284,14 @@ def robustness(
         forest = [isolation_forest(p, o.alerts, seed) for p, o in zip(prepared, out, strict=True)]
         auc = statistics.median(o.roc_auc for o in out)
         base = statistics.median(f.roc_auc for f in forest)
+        pr = statistics.median(o.pr_auc for o in out)
+        base_pr = statistics.median(f.pr_auc for f in forest)
         within = sum(abs(o.flagged / 0.01 - 1.0) <= ALLOWED_DEVIATION for o in out)
         shares = " ".join(f"{o.flagged:.2%}" for o in out)
         print(
-            f"  seed {seed}: median ROC-AUC {auc:.3f} vs IF {base:.3f} ({auc - base:+.3f}); "
-            f"flagged {shares} ({within}/{len(out)} within ±30 %)"
+            f"  seed {seed}: median ROC-AUC {auc:.3f} vs IF {base:.3f} ({auc - base:+.3f}), "
+            f"PR-AUC {pr:.3f} vs {base_pr:.3f}; flagged {shares} "
+            f"({within}/{len(out)} within ±30 %)"
         )
 
 

@@ -93,13 +93,55 @@ def test_thresholds_are_finite_positive_and_consistent(
 )
 @settings(max_examples=30, deadline=None)
 def test_realised_alert_rate_matches_the_target(seed: int, n: int, value: float) -> None:
-    clusters, distances, shares = _sample(seed, n, 5)
+    clusters, distances, _ = _sample(seed, n, 5)
+    # Held-out mix = training mix: the expected rate is the held-out rate itself.
+    shares = np.bincount(clusters, minlength=5) / n
     policy = ThresholdPolicy(kind="target_alert_rate", value=value)
     t = calibrate(clusters, distances, cluster_shares=shares, policy=policy, model_version="m")
     # Continuous distances: exactly round(rate * n) rows are flagged.
     assert _realised(t, clusters, distances) == pytest.approx(
         round(policy.expected_alert_rate * n) / n, abs=1e-12
     )
+    assert t.extra["expected_alert_rate"] == pytest.approx(t.extra["realised_alert_rate"])
+
+
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(2_000, 6_000),
+    value=st.floats(0.001, 0.1),
+)
+@settings(max_examples=30, deadline=None)
+def test_expected_alert_rate_matches_the_target_over_the_training_mix(
+    seed: int, n: int, value: float
+) -> None:
+    clusters, distances, _ = _sample(seed, n, 5)
+    shares = np.array([0.4, 0.25, 0.2, 0.1, 0.05])  # not the held-out mix
+    policy = ThresholdPolicy(kind="target_alert_rate", value=value)
+    t = calibrate(clusters, distances, cluster_shares=shares, policy=policy, model_version="m")
+    # Each held-out row of cluster c counts share[c] / count[c]: the cut gets within half the
+    # heaviest row of the target.
+    heaviest = float(np.max(shares / t.counts))
+    assert abs(t.extra["expected_alert_rate"] - value) <= heaviest / 2 + 1e-12
+    assert t.extra["expected_alert_rate"] == pytest.approx(float(shares @ t.alert_rates))
+
+
+def test_a_small_cluster_over_represented_in_the_held_out_rows_does_not_skew_the_rate() -> None:
+    rng = np.random.default_rng(11)
+    shares = np.array([0.6, 0.3, 0.1])
+
+    def draw(counts: list[int]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        clusters = np.repeat(np.arange(3), counts)
+        return clusters, rng.gamma(2.0, 1.0, clusters.size) * (1.0 + clusters)
+
+    # The smallest cluster, where the share-weighted thresholds spend the budget, holds 25 %
+    # of the held-out rows but 10 % of the training rows.
+    clusters, distances = draw([6_000, 3_000, 3_000])
+    t = calibrate(clusters, distances, cluster_shares=shares, policy=DEFAULT, model_version="m")
+    assert t.extra["expected_alert_rate"] == pytest.approx(0.01, abs=1e-4)
+    assert t.extra["realised_alert_rate"] == pytest.approx(0.025, abs=1e-3)
+    # New rows come in the training mix: they alert at the target rate, not 2.5 times less.
+    future = draw([int(s * 300_000) for s in shares])
+    assert _realised(t, *future) == pytest.approx(0.01, abs=0.0015)
 
 
 @given(
@@ -153,34 +195,43 @@ def test_rare_pattern_rows_are_flagged_and_count_in_the_overall_rate() -> None:
     t = calibrate(clusters, distances, cluster_shares=shares, policy=DEFAULT, model_version="m")
     np.testing.assert_array_equal(t.rare, [False, False, False, True])
     assert t.alert_rates[3] == 1.0
-    # 1 % overall: the rare cluster's 50 rows plus 50 distance alerts elsewhere.
-    assert _realised(t, clusters, distances) == pytest.approx(0.01)
-    assert t.alert_rates[:3] @ t.counts[:3] == pytest.approx(50)
-    assert t.extra["rare_alert_rate"] == pytest.approx(0.005)
+    # 1 % overall: the rare cluster's 0.2 % of the training mix plus 0.8 % distance alerts.
+    assert t.extra["rare_alert_rate"] == pytest.approx(0.002)
+    assert t.extra["expected_alert_rate"] == pytest.approx(0.01, abs=2e-4)
+    assert float(shares[:3] @ t.alert_rates[:3]) == pytest.approx(0.008, abs=2e-4)
     assert t.extra["budget_exhausted"] is False
 
 
-def test_rare_rows_beyond_the_budget_exhaust_it() -> None:
-    clusters, distances, _ = _sample(2, 1_000, 3)
-    clusters[:100] = 2
+def test_rare_clusters_beyond_the_budget_exhaust_it() -> None:
+    clusters, distances, _ = _sample(2, 1_000, 5)
     t = calibrate(
         clusters,
         distances,
-        cluster_shares=[0.6, 0.399, 0.001],
-        policy=DEFAULT,
+        cluster_shares=[0.6, 0.385, 0.005, 0.005, 0.005],
+        policy=ThresholdPolicy(rare_share=0.01),
         model_version="m",
     )
+    # 1.5 % of the training rows are rare patterns: nothing left for distance alerts.
+    assert t.extra["rare_alert_rate"] == pytest.approx(0.015)
     assert t.extra["budget_exhausted"] is True
     assert np.all(t.alert_rates[:2] == 0.0)
-    assert t.alert_rates[2] == 1.0
+    assert np.all(t.alert_rates[2:] == 1.0)
 
 
 def test_small_clusters_fall_back_on_a_robust_threshold() -> None:
-    clusters, distances, shares = _sample(3, 3_000, 3)
+    clusters, distances, _ = _sample(3, 3_000, 3)
     clusters[clusters == 2] = 0
     clusters[:2] = 2  # only two held-out rows in cluster 2, both far away
     distances[:2] = [400.0, 500.0]
-    t = calibrate(clusters, distances, cluster_shares=shares, policy=DEFAULT, model_version="m")
+    t = calibrate(
+        clusters,
+        distances,
+        cluster_shares=np.bincount(clusters) / clusters.size,
+        policy=ThresholdPolicy(rare_share=0.0),
+        model_version="m",
+        spread_weight=1.0,
+        share_weight=0.0,
+    )
     np.testing.assert_array_equal(t.fallback, [False, False, True])
     # Two stray rows do not set the cluster's threshold on their own: they are still flagged.
     assert distances[0] > t.values[2] > 0
@@ -200,7 +251,7 @@ def test_a_cluster_without_held_out_rows_gets_the_pooled_spread() -> None:
     )
     assert t.counts[2] == 0
     assert t.fallback[2]
-    assert t.values[2] == pytest.approx(t.extra["cut"] * np.median(distances))
+    assert t.values[2] == pytest.approx(t.extra["cut"] * np.quantile(distances, 0.9))
 
 
 def test_all_zero_distances_give_positive_thresholds_and_no_alerts() -> None:
@@ -210,6 +261,29 @@ def test_all_zero_distances_give_positive_thresholds_and_no_alerts() -> None:
     )
     assert np.all(t.values > 0)
     assert not judge(t, clusters, np.zeros(5)).anomalous.any()
+
+
+def test_spread_is_the_outer_shell_not_the_core() -> None:
+    rng = np.random.default_rng(9)
+    clusters = np.repeat(np.arange(2), 5_000)
+    distances = rng.gamma(2.0, 1.0, 10_000)
+    # Cluster 1: same tail, but 60 % of its rows are near-duplicates of the centroid.
+    core = (clusters == 1) & (rng.random(10_000) < 0.6)
+    distances[core] = 1e-3 * rng.random(int(core.sum()))
+    t = calibrate(clusters, distances, cluster_shares=[0.5, 0.5], policy=DEFAULT, model_version="m")
+    for c in range(2):
+        assert t.extra["spreads"][c] == pytest.approx(np.quantile(distances[clusters == c], 0.9))
+    # A median spread would put every alert in cluster 1; the tail quantile shares them out.
+    median = calibrate(
+        clusters,
+        distances,
+        cluster_shares=[0.5, 0.5],
+        policy=DEFAULT,
+        model_version="m",
+        spread_quantile=0.5,
+    )
+    assert median.alert_rates[0] == 0.0
+    assert np.all((t.alert_rates > 0.005) & (t.alert_rates < 0.015))
 
 
 def test_weights_zero_give_one_global_distance_cut() -> None:
@@ -310,6 +384,9 @@ def test_negative_weights_are_rejected() -> None:
     with pytest.raises(DataError, match="share_weight"):
         calibrate([0], [1.0], cluster_shares=[1.0], policy=DEFAULT, model_version="m",
                   share_weight=-1.0)  # fmt: skip
+    with pytest.raises(DataError, match="spread_quantile"):
+        calibrate([0], [1.0], cluster_shares=[1.0], policy=DEFAULT, model_version="m",
+                  spread_quantile=1.0)  # fmt: skip
 
 
 def _hand_thresholds() -> Thresholds:
