@@ -33,20 +33,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from service.schemas import TRANSACTION_EXAMPLE
+
 ROOT = Path(__file__).resolve().parent.parent
-TRANSACTION = {
-    "transaction_id": "tx-000042",
-    "amount": 42.5,
-    "tran_code": "05",
-    "timestamp": "2026-11-28T14:03:11Z",
-    "features": {
-        "channel": "pos",
-        "hour": 14,
-        "km_from_home": 3.2,
-        "tx_last_24h": 2,
-        "merchant_risk": 0.12,
-    },
-}
+TRANSACTION = TRANSACTION_EXAMPLE  # the documented example: every demo model field
 
 
 def free_port() -> int:

@@ -20,7 +20,7 @@ TRANSACTION_EXAMPLE: dict[str, Any] = {
     "tran_code": "05",
     "timestamp": "2026-11-28T14:03:11Z",
     "features": {
-        "channel": "pos",
+        "channel": "ecom",
         "hour": 14,
         "km_from_home": 3.2,
         "tx_last_24h": 2,

@@ -70,9 +70,17 @@ def model_columns(
         elif source.location == "tran_code":
             columns[name] = [t.tran_code for t in transactions]
         else:
-            columns[name] = [
-                _feature(source, t, i, where, problems) for i, t in enumerate(transactions)
-            ]
+            values = [t.features.get(name) for t in transactions]
+            # Check the whole column at once; look row by row only to name the bad ones.
+            if None in values or (
+                any(isinstance(v, str) for v in values)
+                if source.numeric
+                else not all(isinstance(v, str) for v in values)
+            ):
+                values = [
+                    _feature(source, t, i, where, problems) for i, t in enumerate(transactions)
+                ]
+            columns[name] = values
     if problems:
         raise InvalidRequest.of(problems)
     return columns

@@ -12,7 +12,8 @@ router = APIRouter(
     prefix="/admin",
     tags=["admin"],
     dependencies=[Depends(require_admin)],
-    responses=errors(401, 403),
+    # 422: FastAPI would otherwise document its own body for routes with parameters.
+    responses=errors(401, 403, 422),
 )
 
 
