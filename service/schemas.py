@@ -132,6 +132,8 @@ class ScoreResponse(BaseModel):
 class BatchResponse(BaseModel):
     """Decisions in request order; all by the same model and thresholds version."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [{"results": [SCORE_EXAMPLE]}]})
+
     results: list[ScoreResponse]
 
 
@@ -198,6 +200,20 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     """Readiness: which model serves, or why none does."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "ready": True,
+                    "reason": None,
+                    "model_version": SCORE_EXAMPLE["model_version"],
+                    "thresholds_version": 1,
+                    "backend": "local",
+                }
+            ]
+        }
+    )
+
     ready: bool
     reason: str | None = Field(default=None, description="Why not ready.")
     model_version: str | None = None
@@ -207,6 +223,30 @@ class Readiness(BaseModel):
 
 class ModelInfo(BaseModel):
     """The model that scores requests now and the fields a request must carry."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model_version": SCORE_EXAMPLE["model_version"],
+                    "thresholds_version": 1,
+                    "backend": "local",
+                    "k": 10,
+                    "fields": [
+                        {"name": "amount", "kind": "numeric", "location": "amount"},
+                        {
+                            "name": "tran_code",
+                            "kind": "categorical",
+                            "location": "tran_code",
+                            "categories": ["01", "05", "07", "12", "20"],
+                        },
+                        {"name": "hour", "kind": "numeric", "location": "features.hour"},
+                    ],
+                    "loaded_at": "2026-11-28T10:15:02Z",
+                }
+            ]
+        }
+    )
 
     model_version: str
     thresholds_version: int
