@@ -107,7 +107,12 @@ class DataPlane:
             )
         except SpecError as exc:
             # The layout checks kinds first, so this is a value the transform refused.
-            raise InvalidRequest(str(exc), [("body", str(exc))]) from None
+            path, problem = "body", str(exc)
+            if exc.field is not None and exc.index is not None:
+                source = next(s for s in serving.layout if s.name == exc.field)
+                field = exc.field if source.location != "features" else f"features.{exc.field}"
+                path, problem = f"{where(exc.index)}{field}", exc.detail or problem
+            raise InvalidRequest.of([(path, problem)]) from None
         except (OSError, ValueError) as exc:
             raise BackendUnavailable(f"the {self.backend.name} backend failed: {exc}") from None
         self.metrics.observe_decisions(decisions.clusters, decisions.anomalous)

@@ -40,7 +40,9 @@ def configure_logging(level: str) -> None:
     """Send fraudscore's and uvicorn's logs to stderr as JSON lines."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
-    for name in ("fraudscore", "uvicorn", "uvicorn.error"):
+    # Warnings from libraries (numpy, say) become JSON lines too, not raw stderr text.
+    logging.captureWarnings(True)
+    for name in ("fraudscore", "uvicorn", "uvicorn.error", "py.warnings"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
         logger.setLevel(level)

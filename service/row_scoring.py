@@ -21,7 +21,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from service.scoring import Direction, Reason, ScoringModel, Verdict
-from training.features import CategoricalField, NumericField
+from training.features import MAX_SCALED, CategoricalField, NumericField
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -91,14 +91,14 @@ class RowScorer:
 
     def score(self, values: Mapping[str, float | str], *, top: int) -> Verdict | None:
         """The verdict for one row of raw values (validated kinds), or None when a scaled
-        value is not finite (the array path then decides, as it would for a batch)."""
+        value is out of range (the array path then refuses it, naming the field)."""
         z = []
         for n in self._numeric:
             v = float(values[n.name])
             if n.logged:
                 v = math.copysign(math.log1p(abs(v)), v)
             scaled = (v - n.center) / n.spread
-            if not math.isfinite(scaled):
+            if not abs(scaled) <= MAX_SCALED:  # out of range (or NaN): the array path says so
                 return None
             z.append(scaled)
         codes = [c.index.get(str(values[c.name]), -1) for c in self._categorical]

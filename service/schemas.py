@@ -49,8 +49,9 @@ class Transaction(BaseModel):
     tran_code: Annotated[str, Field(strict=True, min_length=1, max_length=64)] = Field(
         description='Transaction code, a category such as "05" (never a magnitude).'
     )
-    timestamp: datetime | None = Field(
-        default=None, description="When the transaction happened (ISO 8601); recorded, not scored."
+    timestamp: Annotated[datetime, Field(strict=True)] | None = Field(
+        default=None,
+        description="When the transaction happened (ISO 8601 text); recorded, not scored.",
     )
     features: dict[Annotated[str, Field(max_length=128)], FiniteNumber | Text] = Field(
         default_factory=dict,

@@ -63,9 +63,15 @@ def run(settings: Settings) -> None:
     for name in _ONE_THREAD:
         os.environ.setdefault(name, "1")
     if settings.workers == 1 or not hasattr(socket, "SO_REUSEPORT"):
-        uvicorn.run(
-            APP, host=settings.host, port=settings.port, workers=settings.workers, **_UVICORN
-        )
+        # uvicorn shuts down gracefully on SIGTERM, then raises the signal again with the
+        # handler it found; a no-op handler lets a requested stop end with exit status 0.
+        previous = signal.signal(signal.SIGTERM, lambda _signum, _frame: None)
+        try:
+            uvicorn.run(
+                APP, host=settings.host, port=settings.port, workers=settings.workers, **_UVICORN
+            )
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         return
     _supervise(settings.workers, settings.host, _resolve_port(settings.host, settings.port))
 

@@ -45,7 +45,24 @@ class DataError(FraudscoreError):
 
 
 class SpecError(FraudscoreError):
-    """A feature spec that is invalid, or cannot be applied to the given data."""
+    """A feature spec that is invalid, or cannot be applied to the given data.
+
+    When one value is to blame, ``field`` names its field, ``index`` its row in the input and
+    ``detail`` says what is wrong with it, without the field and row.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        index: int | None = None,
+        detail: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.field = field
+        self.index = index
+        self.detail = detail
 
 
 class HyperparameterError(FraudscoreError):

@@ -34,6 +34,11 @@ FIELD_TYPES: tuple[str, ...] = get_args(FieldType)
 
 # Up to this many rows, categorical fields are one-hot encoded with plain loops.
 _FEW_ROWS = 8
+# Scaled values beyond this many spreads are refused: squared and summed over the fields, a
+# larger one would overflow float64 distances (and no model learns anything from it).
+MAX_SCALED = 1e100
+# A fitted spread below this fraction of max(1, |centre|) is treated as zero.
+_MIN_RELATIVE_SPREAD = 1e-12
 
 _CONFIG_KEYS = {
     "numeric": ("name", "type", "transform", "scale"),
@@ -283,11 +288,29 @@ class FeatureSpec:
             if not np.isfinite(raw).all():
                 row, j = np.argwhere(~np.isfinite(raw))[0]
                 raise SpecError(
-                    f"field '{plan.numeric[j]}': value {raw[row, j]} at index {row} is not finite"
+                    f"field '{plan.numeric[j]}': value {raw[row, j]} at index {row} is not finite",
+                    field=plan.numeric[j],
+                    index=int(row),
+                    detail=f"value {raw[row, j]} is not finite",
                 )
             if plan.n_logged:
                 _signed_log1p(raw[:, : plan.n_logged])
-            X[:, plan.numeric_at] = (raw - plan.center) / plan.spread
+            with np.errstate(over="ignore", invalid="ignore"):  # refused just below
+                scaled = (raw - plan.center) / plan.spread
+            if not (np.abs(scaled) <= MAX_SCALED).all():
+                row, j = np.argwhere(~(np.abs(scaled) <= MAX_SCALED))[0]
+                value = numbers[j][row]  # as given: raw was transformed in place
+                detail = (
+                    f"value {value} is out of range (more than {MAX_SCALED:g} spreads from the "
+                    "centre: its distance would overflow)"
+                )
+                raise SpecError(
+                    f"field '{plan.numeric[j]}' at index {row}: {detail}",
+                    field=plan.numeric[j],
+                    index=int(row),
+                    detail=detail,
+                )
+            X[:, plan.numeric_at] = scaled
         unseen: dict[str, npt.NDArray[np.bool_]] = {}
         if texts and n <= _FEW_ROWS:
             # Scoring one transaction: plain loops beat building index arrays.
@@ -456,7 +479,10 @@ class FeatureFitter:
                 j = numeric_at[f.name]
                 if not (math.isfinite(centers[j]) and math.isfinite(spreads[j])):
                     raise SpecError(f"field '{f.name}': values too large to scale")
-                spread = float(spreads[j]) if spreads[j] > 0.0 else 1.0
+                # A zero (or vanishing, e.g. a denormal IQR) spread would blow every other
+                # value up to infinity: such a column is scaled as if constant.
+                usable = spreads[j] > _MIN_RELATIVE_SPREAD * max(1.0, abs(float(centers[j])))
+                spread = float(spreads[j]) if usable else 1.0
                 fields.append(NumericField(f.name, f.transform, f.scale, float(centers[j]), spread))
             else:
                 fields.append(CategoricalField(f.name, tuple(sorted(self._categories[f.name]))))

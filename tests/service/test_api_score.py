@@ -282,3 +282,32 @@ def test_the_fastapi_routes_answer_exactly_like_the_front_door(registry: Registr
             a = outer.post(route, json=body, headers={"x-request-id": "same"})
             b = inner.post(route, json=body, headers={"x-request-id": "same"})
             assert (a.status_code, a.json()) == (b.status_code, b.json())
+
+
+@pytest.mark.parametrize("route", ["/score", "/score/batch"])
+@pytest.mark.parametrize("value", [1e200, -1.7976931348623157e308])
+def test_a_value_too_far_out_to_score_is_422_naming_it(
+    client: TestClient, route: str, value: float
+) -> None:
+    tx = transaction()
+    tx["features"]["hour"] = value
+    body = {"transactions": [transaction(), tx]} if route == "/score/batch" else tx
+    response = client.post(route, json=body)
+    assert response.status_code == 422
+    field = "transactions[1].features.hour" if route == "/score/batch" else "features.hour"
+    assert "out of range" in problems(response)[field]
+
+
+def test_a_far_but_scorable_value_is_simply_anomalous(client: TestClient) -> None:
+    tx = transaction()
+    tx["features"]["hour"] = 1e90
+    for body in (client.post("/score", json=tx).json(),):
+        assert body["anomalous"] is True
+        assert body["reasons"][0]["field"] == "hour"
+
+
+@pytest.mark.parametrize("stamp", [0, 1.5e9, True])
+def test_timestamps_must_be_text(client: TestClient, stamp: object) -> None:
+    response = client.post("/score", json=transaction(timestamp=stamp))
+    assert response.status_code == 422
+    assert "timestamp" in problems(response)
