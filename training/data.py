@@ -200,12 +200,7 @@ def iter_chunks(
     if not wanted and not keep_batch:
         raise SpecError("nothing to read: the schema has no columns")
     header = read_header(path)
-    missing = [name for name in wanted if name not in header]
-    if missing:
-        also = f" (so are {', '.join(repr(m) for m in missing[1:])})" if len(missing) > 1 else ""
-        raise DataError(
-            f"required column is missing from the header{also}", file=where, column=missing[0]
-        )
+    require_columns(header, wanted, file=where)
     kinds: dict[str, _Kind] = {}
     for name in header:
         if name in numeric:
@@ -260,6 +255,65 @@ def iter_chunks(
         yield pending.emit(first_row=rows - pending.rows + 1)
     if rows == 0:
         raise DataError("no data rows", file=where)
+
+
+def require_columns(header: Sequence[str], names: Sequence[str], *, file: str) -> None:
+    """DataError naming the first of ``names`` that ``header`` lacks (and the others)."""
+    missing = [name for name in names if name not in header]
+    if missing:
+        also = f" (so are {', '.join(repr(m) for m in missing[1:])})" if len(missing) > 1 else ""
+        raise DataError(
+            f"required column is missing from the header{also}", file=file, column=missing[0]
+        )
+
+
+def iter_text(path: PathLike, *, chunk_rows: int = 65_536) -> Iterator[pa.RecordBatch]:
+    """Stream every column as the file's text, in batches of about ``chunk_rows`` rows.
+
+    One parse of the file, nothing converted: check and convert columns with
+    :func:`parse_numbers` and :func:`first_bad_value`. A row that cannot be parsed (wrong
+    number of fields, text that is not UTF-8) stops the stream with a located DataError, as
+    does a file without data rows. Batches are never empty.
+    """
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    header = read_header(path)
+    reader = _Reader(
+        Path(path), header, dict.fromkeys(header, "text"), _block_size(path, chunk_rows)
+    )
+    rows = 0
+    for batch in reader.blocks():
+        if batch.num_rows:
+            rows += batch.num_rows
+            yield batch
+    if rows == 0:
+        raise DataError("no data rows", file=os.fspath(path))
+
+
+def parse_numbers(text: pa.Array) -> pa.Array:
+    """Text to float64 as pyarrow's CSV reader parses it (spaces and tabs around ignored).
+
+    Raises ``pyarrow.ArrowInvalid`` if a value is not a number; missing-value markers such
+    as "NaN" may come back as NaN, so check the result with :func:`first_bad_value` unless
+    every value is finite.
+    """
+    try:
+        return pc.cast(text, pa.float64())
+    except pa.ArrowInvalid:
+        return pc.cast(pc.utf8_trim(text, characters=_NUMBER_PADDING), pa.float64())
+
+
+def first_bad_value(batch: pa.RecordBatch, schema: CsvSchema) -> tuple[int, str, str] | None:
+    """The first bad value of ``schema``'s columns in a batch of text from :func:`iter_text`.
+
+    ``(row index in the batch, column, problem)`` as :func:`iter_chunks` reports it: a
+    missing, non-numeric or non-finite number, or an empty category; on the same row the
+    leftmost column wins. None if every value is good.
+    """
+    kinds: dict[str, _Kind] = dict.fromkeys(schema.numeric, "numeric")
+    kinds.update((name, "categorical") for name in schema.categorical)
+    columns = [(name, kinds[name]) for name in batch.schema.names if name in kinds]
+    return _first_problem(batch, columns, _raw_problem)
 
 
 class StratifiedSplitter:

@@ -1,0 +1,351 @@
+"""Tests for service.file_scoring: the same verdicts as score_columns, input text kept, errors.
+
+score_file has a fast path (a file of one record per line: lines copied as they are) and a
+general one (any CSV pyarrow reads: values re-quoted); both are checked against
+``score_columns`` on the same rows, value for value.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pytest
+
+from service import file_scoring
+from service.file_scoring import OUTPUT_COLUMNS, score_file
+from service.scoring import ScoringModel, score_columns
+from tests.factories import make_thresholds
+from training.demo import DEMO_FEATURES, DemoConfig, generate, write_csv
+from training.errors import DataError, SpecError
+from training.features import FeatureFitter, FeatureSpec, NumericField
+
+K = 8
+
+
+@pytest.fixture(scope="module")
+def model() -> ScoringModel:
+    """The demo feature spec fitted on demo rows; some of them as centroids, one rare."""
+    table = generate(DemoConfig(rows=3_000, seed=0))
+    columns = {
+        name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names
+    }
+    fitter = FeatureFitter(FeatureSpec.from_config(DEMO_FEATURES))
+    fitter.update(columns)
+    spec = fitter.finish()
+    centroids = spec.transform(columns).X[:: 3_000 // K][:K]
+    rare = np.zeros(K, dtype=bool)
+    rare[-1] = True
+    thresholds = make_thresholds("m1", K, values=np.linspace(1.0, 3.0, K), rare=rare)
+    return ScoringModel(
+        model_version="m1",
+        thresholds_version=1,
+        spec=spec,
+        centroids=centroids,
+        thresholds=thresholds,
+        typical=tuple(spec.typical_values(c) for c in centroids),
+    )
+
+
+def demo_csv(path: Path, rows: int = 4_000, seed: int = 5) -> Path:
+    """Demo transactions with a few categories never seen in training."""
+    table = generate(DemoConfig(rows=rows, seed=seed))
+    codes = table.column("tran_code").to_numpy(zero_copy_only=False).copy()
+    codes[::97] = "99"
+    channels = table.column("channel").to_numpy(zero_copy_only=False).copy()
+    channels[::131] = "phone"
+    table = table.set_column(3, "tran_code", pa.array(codes, type=pa.string()))
+    table = table.set_column(4, "channel", pa.array(channels, type=pa.string()))
+    write_csv(table, path)
+    return path
+
+
+def records(path: Path) -> list[list[str]]:
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        return [row for row in csv.reader(fh) if row]
+
+
+def expected(model: ScoringModel, path: Path) -> dict[str, Any]:
+    """score_columns on the file's rows, read by pyarrow with the model's column types."""
+    schema = model.spec.csv_schema()
+    table = pacsv.read_csv(
+        path,
+        parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(
+            column_types={
+                **{name: pa.float64() for name in schema.numeric},
+                **{name: pa.string() for name in schema.categorical},
+            },
+            include_columns=list(schema.columns),
+            strings_can_be_null=False,
+        ),
+    )
+    columns = {name: table.column(name).to_numpy(zero_copy_only=False) for name in schema.columns}
+    scored = score_columns(model, columns)
+    return {
+        "cluster": scored.cluster,
+        "distance": scored.distance,
+        "threshold": scored.threshold,
+        "score": scored.score,
+        "anomalous": scored.anomalous,
+        "top_reason": scored.top_reason,
+    }
+
+
+def check_output(model: ScoringModel, source: Path, target: Path) -> None:
+    """Input values kept, the verdict columns added, each equal to score_columns'."""
+    given, written = records(source), records(target)
+    width = len(given[0])
+    assert written[0] == given[0] + list(OUTPUT_COLUMNS)
+    assert len(written) == len(given)
+    assert [row[:width] for row in written] == given
+    want = expected(model, source)
+    added = list(zip(*(row[width:] for row in written[1:]), strict=True))
+    cluster, distance, threshold, score, anomalous, top_reason = added
+    np.testing.assert_array_equal(np.array(cluster, dtype=np.int64), want["cluster"])
+    # Exactly equal: the text is the shortest one that reads back as the same float.
+    for name, text in (("distance", distance), ("threshold", threshold), ("score", score)):
+        np.testing.assert_array_equal(np.array([float(t) for t in text]), want[name], name)
+    assert [t == "true" for t in anomalous] == want["anomalous"].tolist()
+    assert set(anomalous) <= {"true", "false"}
+    assert list(top_reason) == want["top_reason"].tolist()
+
+
+@pytest.mark.parametrize("chunk_rows", [65_536, 700])
+def test_verdicts_equal_score_columns(model: ScoringModel, tmp_path: Path, chunk_rows: int) -> None:
+    source = demo_csv(tmp_path / "in.csv")
+    target = tmp_path / "out" / "scored.csv"
+    summary = score_file(model, source, target, chunk_rows=chunk_rows)
+    check_output(model, source, target)
+    assert summary.rows == 4_000
+    assert summary.anomalous == int(expected(model, source)["anomalous"].sum())
+    assert summary.anomalous > 0
+    assert (summary.model_version, summary.thresholds_version) == ("m1", 1)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["scored.csv"]
+
+
+def test_lines_are_copied_as_they_are(model: ScoringModel, tmp_path: Path) -> None:
+    source = demo_csv(tmp_path / "in.csv", rows=500)
+    target = tmp_path / "scored.csv"
+    score_file(model, source, target)
+    lines = source.read_text().splitlines()
+    out = target.read_text().splitlines()
+    assert all(o.startswith(i + ",") for i, o in zip(lines[1:], out[1:], strict=True))
+    assert target.read_bytes().endswith(b'"\n')
+
+
+def rewrite(source: Path, target: Path, edit: Any) -> Path:
+    """``target`` with ``source``'s lines after ``edit(lines)`` (a list of str, no newlines)."""
+    lines = source.read_text().splitlines()
+    target.write_text(edit(lines))
+    return target
+
+
+def with_multiline_values(lines: list[str]) -> str:
+    """Rows whose transaction ids hold quotes, commas and newlines."""
+    out = [lines[0]]
+    for i, line in enumerate(lines[1:]):
+        first, rest = line.split(",", 1)
+        if i % 7 == 3:
+            first = f'"id ""{i}"",\nsecond line"'
+        out.append(f"{first},{rest}")
+    return "\n".join(out) + "\n"
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        pytest.param(lambda lines: "\r\n".join(lines) + "\r\n", id="crlf"),
+        pytest.param(lambda lines: "\n".join(lines), id="no-final-newline"),
+        pytest.param(lambda lines: "\n".join([*lines[:50], "", *lines[50:]]) + "\n\n", id="blank"),
+        pytest.param(lambda lines: "\ufeff" + "\n".join(lines) + "\n", id="bom"),
+        pytest.param(with_multiline_values, id="multiline-values"),
+    ],
+)
+@pytest.mark.parametrize("block_bytes", [1 << 20, 200, 333])
+def test_any_csv_gives_the_same_verdicts(
+    model: ScoringModel,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    edit: Any,
+    block_bytes: int,
+) -> None:
+    # Small blocks: the fast path's cuts fall anywhere, inside quoted values too.
+    monkeypatch.setattr(file_scoring, "_SAMPLE_BYTES", block_bytes)
+    source = rewrite(demo_csv(tmp_path / "demo.csv", rows=600), tmp_path / "in.csv", edit)
+    target = tmp_path / "scored.csv"
+    score_file(model, source, target, chunk_rows=3)
+    check_output(model, source, target)
+
+
+def test_last_column_numeric_with_multiline_values(
+    model: ScoringModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(file_scoring, "_SAMPLE_BYTES", 150)
+
+    def edit(lines: list[str]) -> str:
+        # merchant_risk last, a quoted note before it that sometimes spans lines
+        out = []
+        for i, line in enumerate(lines):
+            fields = line.split(",")
+            note = "note" if i == 0 else (f'"a\n{i}"' if i % 5 == 0 else f"n{i}")
+            out.append(",".join([*fields[:8], fields[9], note, fields[8]]))
+        return "\n".join(out) + "\n"
+
+    source = rewrite(demo_csv(tmp_path / "demo.csv", rows=300), tmp_path / "in.csv", edit)
+    target = tmp_path / "scored.csv"
+    score_file(model, source, target, chunk_rows=2)
+    check_output(model, source, target)
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [("twelve", "not a number"), ("NA", "missing value"), ("inf", "not a finite number")],
+)
+@pytest.mark.parametrize("row", [5, 3_500])
+def test_bad_number_names_file_column_and_row(
+    model: ScoringModel, tmp_path: Path, value: str, problem: str, row: int
+) -> None:
+    def edit(lines: list[str]) -> str:
+        fields = lines[row].split(",")
+        fields[2] = value  # amount
+        lines[row] = ",".join(fields)
+        return "\n".join(lines) + "\n"
+
+    source = rewrite(demo_csv(tmp_path / "demo.csv"), tmp_path / "bad.csv", edit)
+    target = tmp_path / "out" / "scored.csv"
+    with pytest.raises(DataError) as caught:
+        score_file(model, source, target, chunk_rows=1_000)
+    message = str(caught.value)
+    assert str(source) in message
+    assert "amount" in message
+    assert f"row {row}" in message
+    assert problem in message
+    assert not target.exists()
+    assert list(target.parent.iterdir()) == []
+
+
+def test_empty_category_is_an_error(model: ScoringModel, tmp_path: Path) -> None:
+    def edit(lines: list[str]) -> str:
+        lines[42] = lines[42].replace('"ecom"', '""').replace('"pos"', '""').replace('"atm"', '""')
+        return "\n".join(lines) + "\n"
+
+    source = rewrite(demo_csv(tmp_path / "demo.csv", rows=100), tmp_path / "bad.csv", edit)
+    with pytest.raises(DataError, match=r"column 'channel'.*row 42|row 42.*channel"):
+        score_file(model, source, tmp_path / "scored.csv")
+    assert not (tmp_path / "scored.csv").exists()
+
+
+def test_bad_value_before_a_broken_row_is_named_first(model: ScoringModel, tmp_path: Path) -> None:
+    # The rows are read (1 MB blocks) ahead of scoring: the broken row is read first.
+    def edit(lines: list[str]) -> str:
+        fields = lines[10].split(",")
+        fields[2] = "oops"
+        lines[10] = ",".join(fields)
+        lines[19_000] += ",extra"
+        return "\n".join(lines) + "\n"
+
+    demo = demo_csv(tmp_path / "demo.csv", rows=20_000)
+    source = rewrite(demo, tmp_path / "bad.csv", edit)
+    with pytest.raises(DataError, match="row 10"):
+        score_file(model, source, tmp_path / "scored.csv", chunk_rows=500)
+
+
+def test_wrong_field_count_names_the_row(model: ScoringModel, tmp_path: Path) -> None:
+    def edit(lines: list[str]) -> str:
+        lines[7] += ",extra"
+        return "\n".join(lines) + "\n"
+
+    source = rewrite(demo_csv(tmp_path / "demo.csv", rows=100), tmp_path / "bad.csv", edit)
+    with pytest.raises(DataError, match="row 7"):
+        score_file(model, source, tmp_path / "scored.csv")
+    assert sorted(tmp_path.iterdir()) == [source, tmp_path / "demo.csv"]
+
+
+def test_missing_column_and_clashing_column(model: ScoringModel, tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("amount,tran_code\n1,01\n")
+    with pytest.raises(DataError, match="channel"):
+        score_file(model, source, tmp_path / "scored.csv")
+    demo = demo_csv(tmp_path / "demo.csv", rows=10)
+    clash = rewrite(
+        demo,
+        tmp_path / "clash.csv",
+        lambda lines: ",\n".join([*lines, ""]).replace(",\n", ",score\n", 1),
+    )
+    with pytest.raises(DataError, match=r"already has column.*score"):
+        score_file(model, clash, tmp_path / "scored.csv")
+    assert not (tmp_path / "scored.csv").exists()
+
+
+def test_header_only_has_no_data_rows(model: ScoringModel, tmp_path: Path) -> None:
+    demo = demo_csv(tmp_path / "demo.csv", rows=10)
+    source = rewrite(demo, tmp_path / "in.csv", lambda lines: lines[0] + "\n")
+    with pytest.raises(DataError, match="no data rows"):
+        score_file(model, source, tmp_path / "scored.csv")
+    assert not (tmp_path / "scored.csv").exists()
+
+
+def test_values_too_far_out_name_column_and_row(tmp_path: Path) -> None:
+    # FeatureSpec.transform refuses them (their distance would overflow): so does score_file.
+    spec = FeatureSpec((NumericField("a"), NumericField("b", "log1p")), fitted=True)
+    centroids = np.array([[0.0, 0.0], [1.0, 1.0]])
+    model = ScoringModel(
+        model_version="m2",
+        thresholds_version=1,
+        spec=spec,
+        centroids=centroids,
+        thresholds=make_thresholds("m2", 2),
+        typical=tuple(spec.typical_values(c) for c in centroids),
+    )
+    source = tmp_path / "in.csv"
+    source.write_text("a,b\n1e99,1e300\n-1e50,1\n0.5,0.25\n1,1\n")
+    target = tmp_path / "scored.csv"
+    score_file(model, source, target)
+    check_output(model, source, target)
+    source.write_text("a,b\n1e99,1e300\n-1e50,1\n-2e100,0.25\n1,1\n")
+    with pytest.raises(SpecError):
+        expected(model, source)
+    with pytest.raises(DataError, match=r"'a'.*row 3.*-2e\+100 is out of range"):
+        score_file(model, source, tmp_path / "again.csv")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "scored.csv"]
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        pytest.param('"tx-1",2026,1.5,"01","pos",3,1.0,1,0.1,"a\n', id="open-quote-in-last-column"),
+        pytest.param('"tx-1",2026,1.5,"01","pos",3,1.0,1,"0.1\n', id="open-quote-before"),
+        pytest.param('"tx-1",2026,1.5,"01","pos",3,1.0,1,0.1,"a\nb"\n', id="newline-in-value"),
+        pytest.param('"tx-1",2026,1.5,"01","pos",3,1.0,1,0.1,0\n\n', id="blank-line"),
+        pytest.param('"tx-1",2026,1.5,"01","pos",3,1.0,1,0.1,0\r\n', id="crlf"),
+        pytest.param('"tx-1",2026,twelve,"01","pos",3,1.0,1,0.1,0\n', id="bad-number"),
+        pytest.param('"tx-1",2026,1.5,"","pos",3,1.0,1,0.1,0\n', id="empty-category"),
+        pytest.param('"tx-\xff",2026,1.5,"01","pos",3,1.0,1,0.1,0\n', id="not-utf8"),
+    ],
+)
+def test_fast_path_refuses_what_it_cannot_copy_line_by_line(
+    model: ScoringModel, block: str
+) -> None:
+    header = [
+        "transaction_id",
+        "timestamp",
+        "amount",
+        "tran_code",
+        "channel",
+        "hour",
+        "km_from_home",
+        "tx_last_24h",
+        "merchant_risk",
+        "note",
+    ]
+    scorer = file_scoring._BatchScorer(model, header, "in.csv")
+    good = '"tx-0",2026,1.5,"01","pos",3,1.0,1,0.1,"x"\n'
+    assert scorer.score_lines(bytearray(good.encode())).rows == 1
+    data = block.encode("latin-1" if "\xff" in block else "utf-8")
+    with pytest.raises(file_scoring._NotLines):
+        scorer.score_lines(bytearray(good.encode() + data))
