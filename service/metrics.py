@@ -58,6 +58,7 @@ class ServiceMetrics:
         )
         # labels() takes a lock and builds a key; the hot path reuses the children.
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._decision_children: dict[tuple[int, bool], Counter] = {}
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one finished request and its latency."""
@@ -76,10 +77,18 @@ class ServiceMetrics:
     def observe_decisions(self, clusters: Sequence[int], anomalous: Sequence[bool]) -> None:
         """Count decisions per cluster and outcome."""
         if len(clusters) == 1:
-            self.decisions.labels(str(clusters[0]), "anomalous" if anomalous[0] else "normal").inc()
+            self._decision(clusters[0], anomalous[0]).inc()
             return
         for (cluster, flagged), n in Tally(zip(clusters, anomalous, strict=True)).items():
-            self.decisions.labels(str(cluster), "anomalous" if flagged else "normal").inc(n)
+            self._decision(cluster, flagged).inc(n)
+
+    def _decision(self, cluster: int, anomalous: bool) -> Counter:
+        key = (cluster, anomalous)
+        child = self._decision_children.get(key)
+        if child is None:
+            child = self.decisions.labels(str(cluster), "anomalous" if anomalous else "normal")
+            self._decision_children[key] = child
+        return child
 
     def observe_error(self, kind: str) -> None:
         """Count one error response."""

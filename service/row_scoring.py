@@ -85,6 +85,8 @@ class RowScorer:
         self._numeric = tuple(numeric)
         self._categorical = tuple(categorical)
         self._n_fields = len(spec.fields)
+        self._names = tuple(field.name for field in spec.fields)
+        self._categorical_fields = frozenset(c.field for c in self._categorical)
         self._numeric_centres = [[n.centres[i] for n in self._numeric] for i in range(model.k)]
         self._thresholds = model.thresholds.values.tolist()
         self._rare = model.thresholds.rare.tolist()
@@ -128,26 +130,27 @@ class RowScorer:
         if rare:
             score = max(score, 1.0)
         parts = [0.0] * self._n_fields
+        directions: list[Direction] = ["below"] * self._n_fields
         ranked: list[tuple[float, int]] = []
         unseen: list[int] = []
-        above: dict[int, bool] = {}
         for n, zj in zip(self._numeric, z, strict=True):
             d = zj - n.centres[c]
             part = d * d
-            parts[n.field] = part
-            above[n.field] = d > 0.0
             if part > 0.0:
-                ranked.append((-part, n.field))
-        categorical: dict[int, tuple[_Categorical, int]] = {}
+                f = n.field
+                parts[f] = part
+                directions[f] = "above" if d > 0.0 else "below"
+                ranked.append((-part, f))
         for cat, code in zip(self._categorical, codes, strict=True):
-            part = cat.parts[c][code]
-            parts[cat.field] = part
-            categorical[cat.field] = (cat, code)
+            f = cat.field
+            part = parts[f] = cat.parts[c][code]
             if code < 0:
-                unseen.append(cat.field)
-                ranked.append((-part, cat.field))
+                directions[f] = "unseen"
+                unseen.append(f)
+                ranked.append((-part, f))
             elif part > 0.0 and code != cat.usual[c]:
-                ranked.append((-part, cat.field))
+                directions[f] = "different"
+                ranked.append((-part, f))
         ranked.sort()  # largest part first; ties in field order
         chosen = [f for _, f in ranked[: max(top, 0)]]
         if unseen:  # an unseen category is always named
@@ -155,16 +158,19 @@ class RowScorer:
         total = sum(parts)
         typical = self.model.typical[c]
         reasons = []
-        fields = self.model.spec.fields
         for f in chosen:
-            name = fields[f].name
-            share = parts[f] / total if total > 0.0 else 0.0
-            if f in categorical:
-                direction: Direction = "unseen" if categorical[f][1] < 0 else "different"
-                reasons.append(Reason(name, share, str(values[name]), typical[name], direction))
-            else:
-                direction = "above" if above[f] else "below"
-                reasons.append(Reason(name, share, float(values[name]), typical[name], direction))
+            name = self._names[f]
+            direction = directions[f]
+            raw = values[name]
+            reasons.append(
+                Reason(
+                    name,
+                    parts[f] / total if total > 0.0 else 0.0,
+                    str(raw) if f in self._categorical_fields else float(raw),
+                    typical[name],
+                    direction,
+                )
+            )
         return Verdict(
             cluster=c,
             distance=distance,

@@ -175,8 +175,6 @@ def test_verdicts_hold_plain_python_types() -> None:
             assert type(r.value) in (float, str)
             assert type(r.typical) in (float, str)
         json.dumps(dataclasses.asdict(v), allow_nan=False)
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        v.score = 0.0  # type: ignore[misc]
 
 
 def test_a_single_scalar_row_works() -> None:
