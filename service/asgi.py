@@ -139,7 +139,8 @@ class FrontDoor:
     ) -> int:
         """Answer a scoring route without FastAPI; returns the status sent."""
         try:
-            self.api_keys.check(_header(scope["headers"], b"x-api-key"))
+            if self.api_keys.required:
+                self.api_keys.check(_header(scope["headers"], b"x-api-key"))
             body = await read_body(scope, receive, self.max_body_bytes)
             content = handler(body)
             status = 200

@@ -84,6 +84,9 @@ class RowScorer:
                 )
         self._numeric = tuple(numeric)
         self._categorical = tuple(categorical)
+        # Plain tuples: unpacking them is cheaper than attribute lookups, per request.
+        self._numeric_inputs = tuple((n.name, n.logged, n.center, n.spread) for n in numeric)
+        self._categorical_inputs = tuple((c.name, c.index) for c in categorical)
         self._n_fields = len(spec.fields)
         self._names = tuple(field.name for field in spec.fields)
         self._categorical_fields = frozenset(c.field for c in self._categorical)
@@ -95,15 +98,15 @@ class RowScorer:
         """The verdict for one row of raw values (validated kinds), or None when a scaled
         value is out of range (the array path then refuses it, naming the field)."""
         z = []
-        for n in self._numeric:
-            v = float(values[n.name])
-            if n.logged:
+        for name, logged, center, spread in self._numeric_inputs:
+            v = float(values[name])
+            if logged:
                 v = math.copysign(math.log1p(abs(v)), v)
-            scaled = (v - n.center) / n.spread
+            scaled = (v - center) / spread
             if not abs(scaled) <= MAX_SCALED:  # out of range (or NaN): the array path says so
                 return None
             z.append(scaled)
-        codes = [c.index.get(str(values[c.name]), -1) for c in self._categorical]
+        codes = [index.get(str(values[name]), -1) for name, index in self._categorical_inputs]
         # Per cluster: numeric sum of squares (math.dist runs it in C) plus table lookups.
         if z:
             squared = [math.dist(z, centres) ** 2 for centres in self._numeric_centres]
