@@ -96,7 +96,7 @@ class FrontDoor:
         self.metrics = metrics
         self.access_log = access_log
         self.max_body_bytes = max_body_bytes
-        self.direct: dict[str, Callable[[bytes], bytes]] = {
+        self.direct: dict[str, Callable[[bytes], Awaitable[bytes]]] = {
             "/score": dataplane.score_one,
             "/score/batch": dataplane.score_batch,
         }
@@ -131,7 +131,7 @@ class FrontDoor:
 
     async def _direct(
         self,
-        handler: Callable[[bytes], bytes],
+        handler: Callable[[bytes], Awaitable[bytes]],
         scope: Scope,
         receive: Receive,
         send: Send,
@@ -142,7 +142,7 @@ class FrontDoor:
             if self.api_keys.required:
                 self.api_keys.check(_header(scope["headers"], b"x-api-key"))
             body = await read_body(scope, receive, self.max_body_bytes)
-            content = handler(body)
+            content = await handler(body)
             status = 200
             headers = [_JSON]
         except ServiceError as exc:

@@ -6,13 +6,17 @@ answer byte for byte the same. Raises :class:`~service.errors.ServiceError` subc
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import Executor
 from typing import Any
 
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from service.backends import ClusterBackend
+from service.backends import BackendFailure, ClusterBackend
 from service.errors import (
+    BackendBusy,
+    BackendTimeout,
     BackendUnavailable,
     InvalidRequest,
     NotReady,
@@ -38,8 +42,11 @@ class DataPlane:
         max_batch: int,
         reasons: int,
         retry_after_s: int,
+        executor: Executor | None = None,
     ) -> None:
+        """``executor`` runs blocking backends' calls (None: the event loop's default)."""
         self.holder = holder
+        self.executor = executor
         self.backend = backend
         self.metrics = metrics
         self.max_batch = max_batch
@@ -56,14 +63,14 @@ class DataPlane:
             )
         return serving
 
-    def score_one(self, body: bytes) -> bytes:
+    async def score_one(self, body: bytes) -> bytes:
         """``POST /score``: one transaction's JSON to its decision's JSON."""
         serving = self.serving()
         try:
             transaction = Transaction.model_validate_json(body)
         except ValidationError as exc:
             raise InvalidRequest.of(validation_problems(exc)) from None
-        if self.backend.assigner(serving.model) is None:
+        if self.backend.embedded:
             verdict = serving.row.score(row_values(serving.layout, transaction), top=self.reasons)
             if verdict is not None:
                 self.metrics.observe_decisions((verdict.cluster,), (verdict.anomalous,))
@@ -77,10 +84,10 @@ class DataPlane:
                         self.backend.name,
                     )
                 )
-        decisions = self._decide(serving, [transaction], one)
+        decisions = await self._run(serving, [transaction], one)
         return orjson.dumps(decisions.bodies[0])
 
-    def score_batch(self, body: bytes) -> bytes:
+    async def score_batch(self, body: bytes) -> bytes:
         """``POST /score/batch``: many transactions, answered in order by one model version."""
         serving = self.serving()
         try:
@@ -91,8 +98,15 @@ class DataPlane:
                     f"a batch holds at most {self.max_batch} transactions"
                 ) from None
             raise InvalidRequest.of(validation_problems(exc)) from None
-        decisions = self._decide(serving, batch.transactions, in_batch)
+        decisions = await self._run(serving, batch.transactions, in_batch)
         return orjson.dumps({"results": decisions.bodies})
+
+    async def _run(self, serving: ServingModel, transactions: Any, where: Any) -> Decisions:
+        """Decide in place, or on the worker threads when the backend blocks on I/O."""
+        if not self.backend.blocking:
+            return self._decide(serving, transactions, where)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self._decide, serving, transactions, where)
 
     def _decide(self, serving: ServingModel, transactions: Any, where: Any) -> Decisions:
         try:
@@ -100,11 +114,13 @@ class DataPlane:
                 serving.model,
                 serving.layout,
                 transactions,
-                backend=self.backend.name,
-                assign=self.backend.assigner(serving.model),
+                backend=self.backend,
                 reasons=self.reasons,
                 where=where,
             )
+        except BackendFailure as exc:
+            error = {503: BackendBusy, 504: BackendTimeout}.get(exc.status, BackendUnavailable)
+            raise error(str(exc)) from None
         except SpecError as exc:
             # The layout checks kinds first, so this is a value the transform refused.
             path, problem = "body", str(exc)
@@ -113,7 +129,9 @@ class DataPlane:
                 field = exc.field if source.location != "features" else f"features.{exc.field}"
                 path, problem = f"{where(exc.index)}{field}", exc.detail or problem
             raise InvalidRequest.of([(path, problem)]) from None
-        except (OSError, ValueError) as exc:
+        except ValueError as exc:
+            # An assigner's answer that does not fit the rows (see scoring._check_assignment).
             raise BackendUnavailable(f"the {self.backend.name} backend failed: {exc}") from None
         self.metrics.observe_decisions(decisions.clusters, decisions.anomalous)
+        self.metrics.backend_rows.labels(decisions.backend).inc(len(decisions.clusters))
         return decisions

@@ -9,7 +9,9 @@ Hierarchy::
     ├── AdminDisabled         no admin token configured
     ├── NotFound, MethodNotAllowed
     ├── NotReady              no model loaded yet (or the backend does not answer)
-    └── BackendUnavailable    the backend failed while scoring
+    └── BackendUnavailable    the backend failed while scoring (502)
+        ├── BackendBusy       throttled or briefly unavailable (503)
+        └── BackendTimeout    no answer in time (504)
 
 The errors know nothing of HTTP; :data:`STATUS` and :func:`error_body` do.
 """
@@ -95,6 +97,18 @@ class BackendUnavailable(ServiceError):
     code = "backend_unavailable"
 
 
+class BackendBusy(BackendUnavailable):
+    """The scoring backend is throttled or briefly unavailable: retry later."""
+
+    code = "backend_busy"
+
+
+class BackendTimeout(BackendUnavailable):
+    """The scoring backend did not answer in time."""
+
+    code = "backend_timeout"
+
+
 STATUS: Mapping[type[ServiceError], int] = {
     InvalidRequest: 422,
     PayloadTooLarge: 413,
@@ -104,6 +118,8 @@ STATUS: Mapping[type[ServiceError], int] = {
     MethodNotAllowed: 405,
     NotReady: 503,
     BackendUnavailable: 502,
+    BackendBusy: 503,
+    BackendTimeout: 504,
     ServiceError: 500,
 }
 
@@ -120,6 +136,8 @@ def error_headers(exc: ServiceError) -> list[tuple[bytes, bytes]]:
     """Headers an error response carries besides the content type."""
     if isinstance(exc, NotReady):
         return [(b"retry-after", str(exc.retry_after_s).encode())]
+    if isinstance(exc, BackendBusy):
+        return [(b"retry-after", b"1")]
     if isinstance(exc, Unauthorized):
         return [(b"www-authenticate", b'Bearer realm="fraudscore"')]
     return []

@@ -10,6 +10,7 @@ import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -78,7 +79,12 @@ def create_app(
     if access_log is None and settings.access_log:
         access_log = AccessLog()
     registry = registry if registry is not None else open_registry(settings.registry)
-    backend = backend if backend is not None else LocalBackend()
+    backend = backend if backend is not None else _backend(settings)
+    executor = (
+        ThreadPoolExecutor(settings.backend_threads, thread_name_prefix="backend")
+        if backend.blocking
+        else None
+    )
     metrics = ServiceMetrics()
     holder = ModelHolder()
     watcher = RegistryWatcher(
@@ -91,6 +97,7 @@ def create_app(
         max_batch=settings.max_batch,
         reasons=settings.reasons,
         retry_after_s=settings.retry_after_s,
+        executor=executor,
     )
 
     @contextlib.asynccontextmanager
@@ -114,6 +121,8 @@ def create_app(
                     await task
             if access_log is not None:
                 access_log.flush()
+            if executor is not None:
+                executor.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
         title="fraudscore",
@@ -148,6 +157,28 @@ def create_app(
         max_body_bytes=settings.max_body_bytes,
     )
     return front
+
+
+def _backend(settings: Settings) -> ClusterBackend:
+    """The backend the settings name; a boto3 client is built here, never at import."""
+    if settings.backend == "local":
+        return LocalBackend()
+    import boto3
+    from botocore.config import Config
+
+    from service.sagemaker_backend import SageMakerBackend
+
+    client = boto3.client(
+        "sagemaker-runtime",
+        region_name=settings.aws_region,
+        config=Config(
+            connect_timeout=1.0,
+            read_timeout=settings.invoke_timeout_s,
+            retries={"mode": "standard", "max_attempts": 2},
+            max_pool_connections=settings.backend_threads,
+        ),
+    )
+    return SageMakerBackend(client, settings.endpoint_name or "", fallback=settings.fallback)
 
 
 async def _flush_every_second(access_log: AccessLog) -> None:

@@ -45,6 +45,12 @@ class ServiceMetrics:
             ("kind",),
             registry=self.registry,
         )
+        self.backend_rows = Counter(
+            "fraudscore_backend_rows",
+            "Rows assigned off the fast path, by who answered (e.g. sagemaker, local-fallback).",
+            ("backend",),
+            registry=self.registry,
+        )
         self.model_loads = Counter(
             "fraudscore_model_loads",
             "Attempts to load a model version from the registry, by result.",

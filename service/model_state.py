@@ -58,7 +58,7 @@ def prepare(model: ScoringModel, pointer: ActivePointer, backend: ClusterBackend
     columns = {
         name: [typical[name] for typical in model.typical] for name in model.spec.field_names
     }
-    probe = score_columns(model, columns, assign=backend.assigner(model))
+    probe = score_columns(model, columns)
     if not (np.isfinite(probe.distance).all() and np.isfinite(probe.score).all()):
         raise ValueError("the probe rows scored to non-finite distances")
     return ServingModel(model, layout, pointer, datetime.now(UTC), RowScorer(model))

@@ -143,6 +143,11 @@ class ScoringModel:
         """Number of clusters."""
         return int(self.centroids.shape[0])
 
+    @property
+    def nearest(self) -> kmeans.NearestCentroids:
+        """The in-process nearest-centroid search of this model."""
+        return self._plan.nearest
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class ScoredBatch:

@@ -50,7 +50,7 @@ def environment_for(settings: Settings) -> dict[str, str]:
         elif name == "admin_token":
             token = settings.admin_token
             out[key] = "" if token is None else token.get_secret_value()
-        else:
+        elif value is not None:  # unset stays unset
             out[key] = str(value)
     return out
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_REGISTRY = "var/registry"
@@ -33,8 +33,23 @@ class Settings(BaseSettings):
     workers: Annotated[int, Field(ge=1, le=64)] = 1
     """Worker processes; each holds its own copy of the model."""
 
-    backend: Literal["local"] = "local"
-    """Where the nearest cluster is found: ``local`` (centroids in process)."""
+    backend: Literal["local", "sagemaker"] = "local"
+    """Where the nearest cluster is found: ``local`` (centroids in process) or ``sagemaker``."""
+
+    endpoint_name: str | None = None
+    """The SageMaker endpoint to invoke (required with ``backend=sagemaker``)."""
+
+    fallback: bool = True
+    """Score with the model's own centroids when the endpoint fails (``local-fallback``)."""
+
+    aws_region: str | None = None
+    """AWS region (default: boto3's own configuration)."""
+
+    invoke_timeout_s: Annotated[float, Field(gt=0.0, le=120.0)] = 2.0
+    """Read timeout of one ``invoke_endpoint`` call."""
+
+    backend_threads: Annotated[int, Field(ge=1, le=256)] = 32
+    """Threads (and pooled connections) for blocking backend calls, per worker."""
 
     poll_interval_s: Annotated[float, Field(gt=0.0, le=3600.0)] = 5.0
     """How often each worker checks the registry's ``ACTIVE`` pointer for a new version."""
@@ -61,6 +76,15 @@ class Settings(BaseSettings):
     """One JSON line per request: method, path, status, duration, request id.
 
     Request and response bodies are never logged: they hold customer data."""
+
+    @model_validator(mode="after")
+    def _endpoint_for_sagemaker(self) -> Settings:
+        """The SageMaker backend cannot guess its endpoint."""
+        if self.backend == "sagemaker" and not self.endpoint_name:
+            raise ValueError(
+                "endpoint_name: FRAUDSCORE_ENDPOINT_NAME is required with backend=sagemaker"
+            )
+        return self
 
     @field_validator("api_keys", mode="before")
     @classmethod

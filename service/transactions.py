@@ -12,6 +12,10 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
+import numpy as np
+import numpy.typing as npt
+
+from service.backends import ClusterBackend
 from service.errors import InvalidRequest
 from service.schemas import Transaction
 from service.scoring import Assigner, ScoringModel, Verdict, score_columns, verdicts
@@ -142,6 +146,7 @@ class Decisions:
     bodies: list[dict[str, Any]]
     clusters: list[int]
     anomalous: list[bool]
+    backend: str  # who answered: the backend, or its fallback
 
 
 def decide(
@@ -149,24 +154,35 @@ def decide(
     layout: Sequence[FieldSource],
     transactions: Sequence[Transaction],
     *,
-    backend: str,
-    assign: Assigner | None,
+    backend: ClusterBackend,
     reasons: int,
     where: Callable[[int], str],
 ) -> Decisions:
     """Score validated transactions with one model version: one transform, one assignment."""
     columns = model_columns(layout, transactions, where)
+    answered = backend.name
+    assign: Assigner | None = None
+    if not backend.embedded:
+
+        def assign(
+            x: npt.NDArray[np.float64], _centroids: npt.NDArray[np.float64]
+        ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+            nonlocal answered
+            clusters, distances, answered = backend.assign(model, x)
+            return clusters, distances
+
     batch = score_columns(model, columns, assign=assign)
     found = verdicts(model, batch, top=reasons)
     mv, tv = model.model_version, model.thresholds_version
     bodies = [
-        response_body(t.transaction_id, v, mv, tv, backend)
+        response_body(t.transaction_id, v, mv, tv, answered)
         for t, v in zip(transactions, found, strict=True)
     ]
     return Decisions(
         bodies=bodies,
         clusters=[v.cluster for v in found],
         anomalous=[v.anomalous for v in found],
+        backend=answered,
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request, Response
 
 from service.api.deps import DataPlaneDep
@@ -27,7 +29,11 @@ async def healthz() -> Health:
 async def readyz(dataplane: DataPlaneDep) -> Readiness:
     """200 when a model and its thresholds are loaded and the backend can serve it."""
     serving = dataplane.serving()
-    problem = dataplane.backend.check(serving.model)
+    backend = dataplane.backend
+    if backend.blocking:  # e.g. a parity call to an endpoint: keep it off the event loop
+        problem = await asyncio.to_thread(backend.check, serving.model)
+    else:
+        problem = backend.check(serving.model)
     if problem is not None:
         raise NotReady(f"backend {dataplane.backend.name}: {problem}", dataplane.retry_after_s)
     return Readiness(

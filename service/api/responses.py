@@ -19,8 +19,9 @@ _DESCRIPTIONS = {
     404: "No such resource.",
     413: "The body or the batch is over the configured limit.",
     422: "The request is not valid; `details` names each bad field.",
-    502: "The scoring backend failed.",
-    503: "No model is ready yet; retry after `Retry-After` seconds.",
+    502: "The scoring backend failed (e.g. the SageMaker endpoint's model errored).",
+    503: "No model is ready yet, or the backend is throttled; retry after `Retry-After` seconds.",
+    504: "The scoring backend did not answer in time.",
 }
 
 

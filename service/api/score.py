@@ -15,7 +15,7 @@ from service.asgi import read_body
 from service.schemas import BatchResponse, ScoreResponse
 
 router = APIRouter(tags=["scoring"], dependencies=[Depends(require_api_key)])
-_ERRORS = errors(401, 413, 422, 502, 503)
+_ERRORS = errors(401, 413, 422, 502, 503, 504)
 
 
 def _body(name: str) -> dict[str, object]:
@@ -37,7 +37,7 @@ def _body(name: str) -> dict[str, object]:
 async def score(request: Request, dataplane: DataPlaneDep, settings: SettingsDep) -> Response:
     """Decide whether one transaction is anomalous, with reasons and the deciding versions."""
     body = await read_body(request.scope, request.receive, settings.max_body_bytes)
-    return Response(dataplane.score_one(body), media_type="application/json")
+    return Response(await dataplane.score_one(body), media_type="application/json")
 
 
 @router.post(
@@ -50,4 +50,4 @@ async def score(request: Request, dataplane: DataPlaneDep, settings: SettingsDep
 async def score_batch(request: Request, dataplane: DataPlaneDep, settings: SettingsDep) -> Response:
     """Score up to the batch limit in one call: one model version answers them all, in order."""
     body = await read_body(request.scope, request.receive, settings.max_body_bytes)
-    return Response(dataplane.score_batch(body), media_type="application/json")
+    return Response(await dataplane.score_batch(body), media_type="application/json")

@@ -146,19 +146,19 @@ def test_a_backend_that_cannot_serve_the_model_refuses_it() -> None:
 class SwapDuringAssignment(LocalBackend):
     """Swaps the holder's model while a batch is being assigned (as the watcher might)."""
 
+    name = "swapping"
+    embedded = False  # not the fast paths: every request goes through assign()
+
     def __init__(self) -> None:
         self.swap: Callable[[], None] | None = None
 
-    def assigner(self, model: ScoringModel) -> Any:  # noqa: ARG002
-        def assign(x: npt.NDArray[np.float64], centroids: npt.NDArray[np.float64]) -> Any:
-            if self.swap is not None:
-                swap, self.swap = self.swap, None
-                swap()
-            d = ((x[:, None, :] - centroids[None, :, :]) ** 2).sum(axis=2)
-            best = d.argmin(axis=1)
-            return best, np.sqrt(d[np.arange(len(x)), best])
-
-        return assign
+    def assign(self, model: ScoringModel, x: npt.NDArray[np.float64]) -> Any:
+        if self.swap is not None:
+            swap, self.swap = self.swap, None
+            swap()
+        d = ((x[:, None, :] - model.centroids[None, :, :]) ** 2).sum(axis=2)
+        best = d.argmin(axis=1)
+        return best, np.sqrt(d[np.arange(len(x)), best]), self.name
 
 
 def test_a_request_is_scored_by_one_version_even_if_a_swap_lands_mid_request(
