@@ -7,6 +7,8 @@ answer byte for byte the same. Raises :class:`~service.errors.ServiceError` subc
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from collections.abc import Sequence
 from concurrent.futures import Executor
 from typing import Any
 
@@ -24,10 +26,29 @@ from service.errors import (
     validation_problems,
 )
 from service.metrics import ServiceMetrics
+from service.micro_batching import MicroBatcher
 from service.model_state import ModelHolder, ServingModel
 from service.schemas import Transaction, batch_request_model
-from service.transactions import Decisions, decide, in_batch, one, response_body, row_values
+from service.transactions import (
+    Decisions,
+    decide,
+    decide_columns,
+    in_batch,
+    model_columns,
+    one,
+    response_body,
+    row_values,
+)
 from training.errors import SpecError
+
+
+@dataclasses.dataclass(frozen=True)
+class MicroBatchSettings:
+    """How requests to a blocking backend are coalesced (see :mod:`service.micro_batching`)."""
+
+    max_rows: int = 1000
+    max_wait_s: float = 0.002
+    max_in_flight: int = 4
 
 
 class DataPlane:
@@ -43,10 +64,23 @@ class DataPlane:
         reasons: int,
         retry_after_s: int,
         executor: Executor | None = None,
+        micro_batch: MicroBatchSettings | None = None,
     ) -> None:
-        """``executor`` runs blocking backends' calls (None: the event loop's default)."""
+        """``executor`` runs blocking backends' calls (None: the event loop's default);
+        with ``micro_batch``, concurrent requests to such a backend share calls."""
         self.holder = holder
         self.executor = executor
+        self.batcher = (
+            MicroBatcher(
+                self._decide_columns,
+                executor,
+                max_rows=micro_batch.max_rows,
+                max_wait_s=micro_batch.max_wait_s,
+                max_in_flight=micro_batch.max_in_flight,
+            )
+            if micro_batch is not None and backend.blocking
+            else None
+        )
         self.backend = backend
         self.metrics = metrics
         self.max_batch = max_batch
@@ -105,8 +139,36 @@ class DataPlane:
         """Decide in place, or on the worker threads when the backend blocks on I/O."""
         if not self.backend.blocking:
             return self._decide(serving, transactions, where)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self._decide, serving, transactions, where)
+        # Checked here, per request, so a bad request fails alone even in a shared batch.
+        columns = model_columns(serving.layout, transactions, where)
+        ids = [t.transaction_id for t in transactions]
+        try:
+            if self.batcher is not None:
+                decisions = await self.batcher.submit(serving, columns, ids)
+            else:
+                loop = asyncio.get_running_loop()
+                decisions = await loop.run_in_executor(
+                    self.executor, self._decide_columns, serving, columns, ids
+                )
+        except SpecError as exc:
+            raise _invalid_value(exc, serving, where) from None
+        except BackendFailure as exc:
+            raise _backend_error(exc) from None
+        except ValueError as exc:
+            # An assigner's answer that does not fit the rows (see scoring._check_assignment).
+            raise BackendUnavailable(f"the {self.backend.name} backend failed: {exc}") from None
+        self._observe(decisions)
+        return decisions
+
+    def _decide_columns(self, serving: ServingModel, columns: Any, ids: Sequence[str]) -> Decisions:
+        """One assignment call for checked columns (on a worker thread)."""
+        return decide_columns(
+            serving.model, columns, ids, backend=self.backend, reasons=self.reasons
+        )
+
+    def _observe(self, decisions: Decisions) -> None:
+        self.metrics.observe_decisions(decisions.clusters, decisions.anomalous)
+        self.metrics.backend_rows.labels(decisions.backend).inc(len(decisions.clusters))
 
     def _decide(self, serving: ServingModel, transactions: Any, where: Any) -> Decisions:
         try:
@@ -119,19 +181,27 @@ class DataPlane:
                 where=where,
             )
         except BackendFailure as exc:
-            error = {503: BackendBusy, 504: BackendTimeout}.get(exc.status, BackendUnavailable)
-            raise error(str(exc)) from None
+            raise _backend_error(exc) from None
         except SpecError as exc:
-            # The layout checks kinds first, so this is a value the transform refused.
-            path, problem = "body", str(exc)
-            if exc.field is not None and exc.index is not None:
-                source = next(s for s in serving.layout if s.name == exc.field)
-                field = exc.field if source.location != "features" else f"features.{exc.field}"
-                path, problem = f"{where(exc.index)}{field}", exc.detail or problem
-            raise InvalidRequest.of([(path, problem)]) from None
+            raise _invalid_value(exc, serving, where) from None
         except ValueError as exc:
             # An assigner's answer that does not fit the rows (see scoring._check_assignment).
             raise BackendUnavailable(f"the {self.backend.name} backend failed: {exc}") from None
-        self.metrics.observe_decisions(decisions.clusters, decisions.anomalous)
-        self.metrics.backend_rows.labels(decisions.backend).inc(len(decisions.clusters))
+        self._observe(decisions)
         return decisions
+
+
+def _backend_error(exc: BackendFailure) -> BackendUnavailable:
+    """A backend failure as the HTTP-facing error its status asks for."""
+    error = {503: BackendBusy, 504: BackendTimeout}.get(exc.status, BackendUnavailable)
+    return error(str(exc))
+
+
+def _invalid_value(exc: SpecError, serving: ServingModel, where: Any) -> InvalidRequest:
+    """A value the transform refused, named by its path in the request body."""
+    path, problem = "body", str(exc)
+    if exc.field is not None and exc.index is not None:
+        source = next(s for s in serving.layout if s.name == exc.field)
+        field = exc.field if source.location != "features" else f"features.{exc.field}"
+        path, problem = f"{where(exc.index)}{field}", exc.detail or problem
+    return InvalidRequest.of([(path, problem)])

@@ -23,7 +23,7 @@ from service.api import admin, health, score
 from service.asgi import FrontDoor, request_id_of
 from service.auth import AdminToken, ApiKeys
 from service.backends import ClusterBackend, LocalBackend
-from service.dataplane import DataPlane
+from service.dataplane import DataPlane, MicroBatchSettings
 from service.errors import (
     InvalidRequest,
     MethodNotAllowed,
@@ -98,6 +98,13 @@ def create_app(
         reasons=settings.reasons,
         retry_after_s=settings.retry_after_s,
         executor=executor,
+        micro_batch=MicroBatchSettings(
+            max_rows=settings.micro_batch_max_rows,
+            max_wait_s=settings.micro_batch_wait_ms / 1000.0,
+            max_in_flight=min(settings.micro_batch_in_flight, settings.backend_threads),
+        )
+        if settings.micro_batch
+        else None,
     )
 
     @contextlib.asynccontextmanager

@@ -51,6 +51,18 @@ class Settings(BaseSettings):
     backend_threads: Annotated[int, Field(ge=1, le=256)] = 32
     """Threads (and pooled connections) for blocking backend calls, per worker."""
 
+    micro_batch: bool = True
+    """Coalesce concurrent requests into shared endpoint calls (remote backends)."""
+
+    micro_batch_max_rows: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    """Most rows in one coalesced call."""
+
+    micro_batch_wait_ms: Annotated[float, Field(ge=0.0, le=1000.0)] = 2.0
+    """How long a call waits for more requests to join it."""
+
+    micro_batch_in_flight: Annotated[int, Field(ge=1, le=256)] = 8
+    """Coalesced calls in flight at once, per worker."""
+
     poll_interval_s: Annotated[float, Field(gt=0.0, le=3600.0)] = 5.0
     """How often each worker checks the registry's ``ACTIVE`` pointer for a new version."""
 

@@ -9,7 +9,7 @@ path in the request body; nothing is guessed.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -160,6 +160,19 @@ def decide(
 ) -> Decisions:
     """Score validated transactions with one model version: one transform, one assignment."""
     columns = model_columns(layout, transactions, where)
+    ids = [t.transaction_id for t in transactions]
+    return decide_columns(model, columns, ids, backend=backend, reasons=reasons)
+
+
+def decide_columns(
+    model: ScoringModel,
+    columns: Mapping[str, Sequence[Any]],
+    ids: Sequence[str],
+    *,
+    backend: ClusterBackend,
+    reasons: int,
+) -> Decisions:
+    """Score checked model columns (from :func:`model_columns`) of the transactions ``ids``."""
     answered = backend.name
     assign: Assigner | None = None
     if not backend.embedded:
@@ -174,10 +187,7 @@ def decide(
     batch = score_columns(model, columns, assign=assign)
     found = verdicts(model, batch, top=reasons)
     mv, tv = model.model_version, model.thresholds_version
-    bodies = [
-        response_body(t.transaction_id, v, mv, tv, answered)
-        for t, v in zip(transactions, found, strict=True)
-    ]
+    bodies = [response_body(tid, v, mv, tv, answered) for tid, v in zip(ids, found, strict=True)]
     return Decisions(
         bodies=bodies,
         clusters=[v.cluster for v in found],
