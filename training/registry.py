@@ -1,6 +1,6 @@
 """The model registry: versioned bundles and the ``ACTIVE`` pointer, over a small storage port.
 
-Layout (the same for a local directory and, later, an S3 prefix)::
+Layout (the same for a local directory and an S3 prefix)::
 
     models/<model_version>/manifest.json       written last: its presence makes a version exist
     models/<model_version>/model.tar.gz        SageMaker K-Means artifact (training.artifact)
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import secrets
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from botocore.exceptions import BotoCoreError
 
 from training.artifact import read_model_tar, write_model_tar
 from training.bundle import (
@@ -37,7 +39,8 @@ from training.bundle import (
     load_json,
 )
 from training.errors import ArtifactError, BundleError, RegistryError
-from training.storage import LocalStorage, MissingKeyError, Storage
+from training.s3_storage import S3Storage
+from training.storage import LocalStorage, MissingKeyError, Storage, validate_key
 from training.thresholds import Thresholds
 
 ACTIVE_KEY = "ACTIVE"
@@ -346,11 +349,21 @@ class Registry:
         return thresholds
 
 
-def open_registry(location: str | Path) -> Registry:
-    """The registry at a local directory (created on first write) or an ``s3://`` URL."""
+KMS_KEY_ENV = "FRAUDSCORE_KMS_KEY_ID"
+# S3's bucket naming rules, loosened for older buckets (capitals and underscores).
+_BUCKET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]")
+
+
+def open_registry(location: str | Path, *, kms_key_id: str | None = None) -> Registry:
+    """The registry at a local directory (created on first write) or an ``s3://`` URL.
+
+    An S3 registry encrypts every write with ``kms_key_id``, by default the key in the
+    ``FRAUDSCORE_KMS_KEY_ID`` environment variable; region, endpoint and credentials come
+    from boto3's usual configuration.
+    """
     text = str(location)
     if text.startswith("s3://"):
-        raise RegistryError(f"S3 registries are not supported yet: {text}")
+        return _open_s3_registry(text, kms_key_id)
     if "://" in text:
         raise RegistryError(
             f"unsupported registry location {text!r}: use a directory or s3://bucket/prefix"
@@ -359,3 +372,41 @@ def open_registry(location: str | Path) -> Registry:
     if path.exists() and not path.is_dir():
         raise RegistryError(f"registry location {path} is not a directory")
     return Registry(LocalStorage(path), location=str(path))
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """``(bucket, prefix)`` of ``s3://bucket[/prefix]``; the prefix without outer slashes."""
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    if not bucket:
+        raise RegistryError(f"invalid S3 registry location {url!r}: no bucket name")
+    if not _BUCKET_NAME.fullmatch(bucket):
+        raise RegistryError(f"invalid S3 registry location {url!r}: bad bucket name {bucket!r}")
+    prefix = prefix.strip("/")
+    try:
+        validate_key(prefix, prefix=True)
+    except RegistryError:
+        raise RegistryError(
+            f"invalid S3 registry location {url!r}: the prefix must be a '/'-separated path "
+            "without empty, '.' or '..' parts, backslashes or NUL characters"
+        ) from None
+    return bucket, prefix
+
+
+def _open_s3_registry(url: str, kms_key_id: str | None) -> Registry:
+    bucket, prefix = parse_s3_url(url)
+    key_id = kms_key_id or os.environ.get(KMS_KEY_ENV, "").strip()
+    if not key_id:
+        raise RegistryError(
+            f"{url}: no KMS key to encrypt registry writes; set {KMS_KEY_ENV} "
+            "(the key ARN) or pass kms_key_id"
+        )
+    # Imported here: local registries never pay for boto3.
+    import boto3
+
+    try:
+        # A session of its own: configuration is read now, not cached from an earlier client.
+        client = boto3.session.Session().client("s3")
+    except BotoCoreError as exc:  # e.g. an unknown AWS_PROFILE
+        raise RegistryError(f"{url}: cannot create an S3 client ({type(exc).__name__})") from None
+    storage = S3Storage(client, bucket, prefix, key_id)
+    return Registry(storage, location=storage.url)
