@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -60,10 +60,12 @@ def wait_until_up(url: str, process: subprocess.Popen[bytes], timeout_s: float =
 
 
 @contextmanager
-def server(kind: str, workers: int, registry: Path, log: Path) -> Iterator[str]:
+def server(
+    kind: str, workers: int, registry: Path, log: Path, extra_env: Mapping[str, str] | None = None
+) -> Iterator[str]:
     """Start the raw app or the service on a free loopback port; yield its base URL."""
     port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **(extra_env or {}))
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[name] = "1"
     if kind == "raw":

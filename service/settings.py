@@ -54,10 +54,11 @@ class Settings(BaseSettings):
     micro_batch: bool = True
     """Coalesce concurrent requests into shared endpoint calls (remote backends)."""
 
-    micro_batch_max_rows: Annotated[int, Field(ge=1, le=100_000)] = 1000
-    """Most rows in one coalesced call."""
+    micro_batch_max_rows: Annotated[int, Field(ge=1, le=100_000)] = 16
+    """Most rows in one coalesced call: small enough that several calls overlap (measured
+    best at 16 with a 20 ms endpoint and 64 connections; 0.06 calls per request)."""
 
-    micro_batch_wait_ms: Annotated[float, Field(ge=0.0, le=1000.0)] = 2.0
+    micro_batch_wait_ms: Annotated[float, Field(ge=0.0, le=1000.0)] = 0.5
     """How long a call waits for more requests to join it."""
 
     micro_batch_in_flight: Annotated[int, Field(ge=1, le=256)] = 8
