@@ -301,3 +301,34 @@ def _checked(name: str) -> str:
     if len(name) > RESOURCE_NAME_MAX or not _NAME.fullmatch(name):
         raise SageMakerConfigError(f"{name!r} is not a valid SageMaker name (1-63 characters)")
     return name
+
+
+# Where each required setting comes from (the FRAUDSCORE_* names of ARCHITECTURE.md).
+ENVIRONMENT = {
+    "region": "FRAUDSCORE_AWS_REGION",
+    "bucket": "FRAUDSCORE_S3_BUCKET",
+    "prefix": "FRAUDSCORE_S3_PREFIX",
+    "role_arn": "FRAUDSCORE_SAGEMAKER_ROLE_ARN",
+    "kms_key_id": "FRAUDSCORE_KMS_KEY_ID",
+}
+DEFAULT_TAGS = {"Project": "fraudscore", "ManagedBy": "fraudscore"}
+
+
+def config_from_environment(environ: Mapping[str, str]) -> SageMakerConfig:
+    """A config from ``FRAUDSCORE_*`` variables; SageMakerConfigError naming a missing one."""
+    values: dict[str, Any] = {}
+    for name, variable in ENVIRONMENT.items():
+        value = environ.get(variable, "").strip()
+        if not value and name != "prefix":
+            raise SageMakerConfigError(f"{variable} is not set")
+        values[name] = value or "fraudscore"
+    raw_tags = environ.get("FRAUDSCORE_TAGS", "").strip()
+    try:
+        tags = json.loads(raw_tags) if raw_tags else dict(DEFAULT_TAGS)
+    except json.JSONDecodeError as exc:
+        raise SageMakerConfigError(f"FRAUDSCORE_TAGS is not JSON: {exc}") from None
+    if not isinstance(tags, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
+    ):
+        raise SageMakerConfigError("FRAUDSCORE_TAGS must be a JSON object of strings")
+    return SageMakerConfig(tags=tags, **values)
