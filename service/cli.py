@@ -163,6 +163,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="first train the demo model when a local registry has no active model",
     )
+
+    p = sub.add_parser(
+        "deploy",
+        help="deploy a registered model to a SageMaker endpoint (settings: FRAUDSCORE_* AWS vars)",
+    )
+    p.add_argument("--model-version", required=True, help="registered version to deploy")
+    p.add_argument("--endpoint-name", default="fraudscore", help="endpoint (default %(default)s)")
+    p.add_argument("--no-wait", action="store_true", help="return once the endpoint is updating")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print every request as JSON, in order, without calling AWS",
+    )
+    _registry_arg(p)
     return parser
 
 
@@ -220,6 +234,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _demo(args.registry, progress=progress)
     if args.command == "serve":
         return _serve(args, progress=progress)
+    if args.command == "deploy":
+        return _deploy(args)
     raise AssertionError(f"unhandled command {args.command}")  # argparse enforces the choices
 
 
@@ -395,6 +411,42 @@ def _serve(args: argparse.Namespace, *, progress: bool) -> int:
     url = f"http://{settings.host}:{settings.port}"
     print(f"fraudscore: serving {settings.registry} on {url} (API docs: {url}/docs)", flush=True)
     serve.run(settings)
+    return 0
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from training.sagemaker_deploy import deploy_version, deployment_plan
+    from training.sagemaker_requests import config_from_environment
+
+    config = config_from_environment(os.environ)
+    data = open_registry(args.registry).load_artifact(args.model_version)
+    when = datetime.now(UTC)
+    if args.dry_run:
+        plan = deployment_plan(
+            config, args.model_version, data, endpoint_name=args.endpoint_name, when=when
+        )
+        print(json.dumps(plan, indent=2))
+        return 0
+    import boto3
+
+    deployment = deploy_version(
+        boto3.client("s3", region_name=config.region),
+        boto3.client("sagemaker", region_name=config.region),
+        config,
+        args.model_version,
+        data,
+        endpoint_name=args.endpoint_name,
+        when=when,
+        wait=not args.no_wait,
+        progress=lambda message: print(message, file=sys.stderr),
+    )
+    state = "updated" if deployment.updated else "created"
+    print(
+        f"endpoint {deployment.endpoint_name} {state}: model {deployment.model_name}, "
+        f"config {deployment.endpoint_config_name}"
+    )
     return 0
 
 

@@ -232,6 +232,11 @@ class Registry:
         """The model's float32 ``(k, feature_dim)`` centroids."""
         return self._centroids(self.load_manifest(model_version))
 
+    def load_artifact(self, model_version: str) -> bytes:
+        """The model's ``model.tar.gz`` exactly as stored (SageMaker's artifact format)."""
+        self.load_manifest(model_version)  # an unknown version is named as such
+        return self._read(self._model_key(model_version, "model.tar.gz"))
+
     def load_calibration(self, model_version: str) -> CalibrationSample:
         """The model's held-out calibration sample."""
         return self._calibration(self.load_manifest(model_version))

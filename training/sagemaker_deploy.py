@@ -160,3 +160,69 @@ def _step(step: str, call: Callable[..., Any], request: dict[str, Any]) -> Any:
 def _describe(exc: Any) -> str:
     error = exc.response.get("Error", {})
     return f"{error.get('Code', 'Unknown')}: {error.get('Message', '')}".rstrip(": ")
+
+
+def artifact_request(config: SageMakerConfig, model_version: str, data: bytes) -> dict[str, Any]:
+    """``PutObject`` of a registered model's ``model.tar.gz``, SSE-KMS under the key."""
+    return {
+        "Bucket": config.bucket,
+        "Key": config.s3_uri("models", model_version, "model.tar.gz").split("/", 3)[3],
+        "Body": data,
+        "ServerSideEncryption": "aws:kms",
+        "SSEKMSKeyId": config.kms_key_id,
+        "BucketKeyEnabled": True,
+    }
+
+
+def deployment_plan(
+    config: SageMakerConfig, model_version: str, data: bytes, *, endpoint_name: str, when: datetime
+) -> list[dict[str, Any]]:
+    """Every request :func:`deploy_version` would send, in order, for ``--dry-run``."""
+    upload = artifact_request(config, model_version, data)
+    url = f"s3://{upload['Bucket']}/{upload['Key']}"
+    model = resource_name(config.name_prefix, "model", when)
+    endpoint_config = resource_name(config.name_prefix, "config", when)
+    return [
+        {"operation": "PutObject", "request": {**upload, "Body": f"<{len(data)} bytes>"}},
+        {"operation": "CreateModel", "request": create_model(config, model, url)},
+        {
+            "operation": "CreateEndpointConfig",
+            "request": create_endpoint_config(config, endpoint_config, model),
+        },
+        {
+            "operation": "CreateEndpoint",
+            "when": "the endpoint does not exist yet",
+            "request": create_endpoint(config, endpoint_name, endpoint_config),
+        },
+        {
+            "operation": "UpdateEndpoint",
+            "when": "the endpoint exists",
+            "request": update_endpoint(config, endpoint_name, endpoint_config),
+        },
+    ]
+
+
+def deploy_version(
+    s3: Any,
+    sagemaker: Any,
+    config: SageMakerConfig,
+    model_version: str,
+    data: bytes,
+    *,
+    endpoint_name: str,
+    when: datetime,
+    wait: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> Deployment:
+    """Upload a registered model's artifact (SSE-KMS) and deploy it to ``endpoint_name``."""
+    upload = artifact_request(config, model_version, data)
+    _step("upload", s3.put_object, upload)
+    return deploy(
+        sagemaker,
+        config,
+        model_data_url=f"s3://{upload['Bucket']}/{upload['Key']}",
+        endpoint_name=endpoint_name,
+        when=when,
+        wait=wait,
+        progress=progress,
+    )

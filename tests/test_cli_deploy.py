@@ -1,0 +1,126 @@
+"""``fraudscore deploy``: the dry run prints every request without AWS; a real run uploads
+the registered artifact (SSE-KMS) and deploys it (moto: emulated S3 and SageMaker)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from service.cli import main
+from training.demo import DEMO_FEATURES, LABEL_COLUMN, DemoConfig, generate, write_csv
+from training.pipeline import TrainRequest, train
+from training.registry import open_registry
+
+REGION = "us-east-1"
+KEY = "arn:aws:kms:us-east-1:123456789012:key/abcd"
+AWS_ENV = {
+    "FRAUDSCORE_AWS_REGION": REGION,
+    "FRAUDSCORE_S3_BUCKET": "fraudscore-data",
+    "FRAUDSCORE_S3_PREFIX": "fraudscore",
+    "FRAUDSCORE_SAGEMAKER_ROLE_ARN": "arn:aws:iam::123456789012:role/fraudscore-execution",
+    "FRAUDSCORE_KMS_KEY_ID": KEY,
+    "FRAUDSCORE_TAGS": json.dumps({"Project": "fraudscore", "Owner": "fraud-team"}),
+}
+
+
+@pytest.fixture(scope="module")
+def registry_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    root = tmp_path_factory.mktemp("deploy")
+    write_csv(generate(DemoConfig(rows=2000, seed=4)), root / "train.csv")
+    outcome = train(
+        TrainRequest(
+            data=root / "train.csv", label_column=LABEL_COLUMN, features=DEMO_FEATURES, k=4
+        ),
+        open_registry(root / "registry"),
+        progress=False,
+    )
+    return root / "registry", outcome.manifest.model_version
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "FRAUDSCORE_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", *args],
+        env={**clean, **env, "AWS_CONFIG_FILE": "/nonexistent"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_the_dry_run_prints_every_request_without_aws(registry_dir: tuple[Path, str]) -> None:
+    registry, version = registry_dir
+    result = run_cli(
+        "deploy", "--model-version", version, "--registry", str(registry), "--dry-run",
+        env=AWS_ENV,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert [step["operation"] for step in plan] == [
+        "PutObject",
+        "CreateModel",
+        "CreateEndpointConfig",
+        "CreateEndpoint",
+        "UpdateEndpoint",
+    ]
+    upload = plan[0]["request"]
+    assert upload["ServerSideEncryption"] == "aws:kms"
+    assert upload["SSEKMSKeyId"] == KEY
+    assert upload["Key"] == f"fraudscore/models/{version}/model.tar.gz"
+    assert plan[1]["request"]["PrimaryContainer"]["ModelDataUrl"].endswith(upload["Key"])
+    assert plan[2]["request"]["KmsKeyId"] == KEY
+    for step in plan[1:4]:
+        tags = {t["Key"]: t["Value"] for t in step["request"]["Tags"]}
+        assert tags["Owner"] == "fraud-team"
+
+
+@pytest.mark.parametrize("missing", ["FRAUDSCORE_S3_BUCKET", "FRAUDSCORE_SAGEMAKER_ROLE_ARN"])
+def test_a_missing_setting_is_one_line_naming_it(
+    registry_dir: tuple[Path, str], missing: str
+) -> None:
+    registry, version = registry_dir
+    env = {k: v for k, v in AWS_ENV.items() if k != missing}
+    result = run_cli(
+        "deploy", "--model-version", version, "--registry", str(registry), "--dry-run", env=env
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"fraudscore: error: {missing} is not set"
+
+
+def test_a_deploy_uploads_encrypted_and_brings_the_endpoint_up(
+    registry_dir: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry, version = registry_dir
+    for key, value in {
+        **AWS_ENV,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_CONFIG_FILE": "/nonexistent",
+        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+    }.items():
+        monkeypatch.setenv(key, value)
+    with mock_aws():
+        s3 = boto3.client("s3", region_name=REGION)
+        s3.create_bucket(Bucket="fraudscore-data")
+        code = main(
+            ["deploy", "--model-version", version, "--registry", str(registry), "--endpoint-name",
+             "fraudscore-cli"]
+        )  # fmt: skip
+        assert code == 0
+        head = s3.head_object(
+            Bucket="fraudscore-data", Key=f"fraudscore/models/{version}/model.tar.gz"
+        )
+        sagemaker = boto3.client("sagemaker", region_name=REGION)
+        endpoint = sagemaker.describe_endpoint(EndpointName="fraudscore-cli")
+    assert head["ServerSideEncryption"] == "aws:kms"
+    assert head["SSEKMSKeyId"] == KEY
+    assert endpoint["EndpointStatus"] == "InService"
