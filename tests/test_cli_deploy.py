@@ -95,18 +95,12 @@ def test_a_missing_setting_is_one_line_naming_it(
     assert result.stderr.strip() == f"fraudscore: error: {missing} is not set"
 
 
+@pytest.mark.usefixtures("fake_aws")
 def test_a_deploy_uploads_encrypted_and_brings_the_endpoint_up(
     registry_dir: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     registry, version = registry_dir
-    for key, value in {
-        **AWS_ENV,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_CONFIG_FILE": "/nonexistent",
-        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
-    }.items():
+    for key, value in AWS_ENV.items():
         monkeypatch.setenv(key, value)
     with mock_aws():
         s3 = boto3.client("s3", region_name=REGION)

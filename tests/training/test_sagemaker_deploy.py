@@ -32,16 +32,12 @@ URL = "s3://fraudscore-data/fraudscore/output/job-1/output/model.tar.gz"
 WHEN = datetime(2026, 11, 28, 10, 15, 0, tzinfo=UTC)
 
 
+pytestmark = pytest.mark.usefixtures("fake_aws")
+
+
 @pytest.fixture(autouse=True)
 def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_CONFIG_FILE": "/nonexistent",
-        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
-        **ENV,
-    }.items():
+    for name, value in ENV.items():
         monkeypatch.setenv(name, value)
 
 

@@ -26,16 +26,7 @@ WHEN = datetime(2026, 11, 28, tzinfo=UTC)
 NAME = "fraudscore-20261128-101500"
 
 
-@pytest.fixture(autouse=True)
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_CONFIG_FILE": "/nonexistent",
-        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
-    }.items():
-        monkeypatch.setenv(name, value)
+pytestmark = pytest.mark.usefixtures("fake_aws")
 
 
 def described(status: str, done: int, best: float | None = None, **extra: Any) -> dict[str, Any]:
