@@ -8,6 +8,7 @@ memory is bounded by the chunk size, not by the file.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import tempfile
@@ -30,6 +31,10 @@ from training.hyperparameters import KMeansHyperparameters, parse_hyperparameter
 from training.kmeans import REFINE_PASSES, KMeansResult, array_batches, assign, fit_kmeans
 from training.parameter_ranges import DEFAULT_PARAMETER_RANGES, RANGE_KINDS
 from training.registry import Registry
+from training.sagemaker_deploy import deploy
+from training.sagemaker_requests import SageMakerConfig
+from training.sagemaker_training import SageMakerModel, train_on_sagemaker
+from training.sagemaker_tuning import TuningProgress
 from training.thresholds import ThresholdPolicy, Thresholds
 from training.tuning import TuningConfig, TuningResult, tune
 
@@ -60,6 +65,19 @@ class TrainRequest:
     chunk_rows: int = 65_536
     tags: Mapping[str, str] = field(default_factory=dict)
     activate: bool = True
+    # Train (tune) on SageMaker instead of in process, and optionally deploy there.
+    sagemaker: SageMakerTarget | None = None
+
+
+@dataclass(frozen=True)
+class SageMakerTarget:
+    """Where and how to train on SageMaker: boto3 clients, settings, optional endpoint."""
+
+    sagemaker: Any  # a boto3 "sagemaker" client
+    s3: Any  # a boto3 "s3" client
+    config: SageMakerConfig
+    endpoint_name: str | None = None  # deploy the winner there before registering it
+    poll_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -127,15 +145,36 @@ def train(request: TrainRequest, registry: Registry, *, progress: bool = False) 
             }
         )
         tuning: TuningResult | None = None
-        if request.tune:
-            tuning = _tune(request, hyperparameters, train_path, test_path, progress=progress)
-            hyperparameters = parse_hyperparameters(tuning.best_hyperparameters)
-        result = _fit(x_train, x_test, hyperparameters, request.seed, progress=progress)
-        clusters, distances = _assign_all(x_test, result.centroids)
+        source: dict[str, str] = {"kind": "local"}
+        if request.sagemaker is not None:
+            remote = _on_sagemaker(request, request.sagemaker, x_train, x_test)
+            hyperparameters = parse_hyperparameters(
+                {**hyperparameters.to_strings(), **remote.best.hyperparameters}
+            )
+            centroids = remote.centroids
+            train_clusters, _ = _assign_all(x_train, centroids)
+            weights = np.bincount(train_clusters, minlength=request.k).astype(np.float64)
+            source = remote.source()
+        else:
+            if request.tune:
+                tuning = _tune(request, hyperparameters, train_path, test_path, progress=progress)
+                hyperparameters = parse_hyperparameters(tuning.best_hyperparameters)
+            result = _fit(x_train, x_test, hyperparameters, request.seed, progress=progress)
+            centroids, weights = result.centroids, result.cluster_weights
+        clusters, distances = _assign_all(x_test, centroids)
+        metrics = (
+            {name: float(value) for name, value in result.metrics.items()}
+            if request.sagemaker is None
+            # The container's own definitions: mean and sum of squared test distances.
+            else {
+                "test:msd": float(np.mean(distances**2)),
+                "test:ssd": float(np.sum(distances**2)),
+            }
+        )
         del x_train, x_test
 
     version = registry.new_model_version()
-    shares = result.cluster_weights / max(float(result.cluster_weights.sum()), 1.0)
+    shares = weights / max(float(weights.sum()), 1.0)
     thresholds = calibrate(
         clusters,
         distances,
@@ -152,8 +191,8 @@ def train(request: TrainRequest, registry: Registry, *, progress: bool = False) 
         feature_dim=fitted.feature_dim,
         feature_spec=fitted.to_dict(),
         hyperparameters=hyperparameters.to_strings(),
-        metrics={name: float(value) for name, value in result.metrics.items()},
-        source={"kind": "local"},
+        metrics=metrics,
+        source=source,
         data_fingerprint={
             "file": path.name,
             "rows": split.train_rows + split.test_rows,
@@ -166,9 +205,25 @@ def train(request: TrainRequest, registry: Registry, *, progress: bool = False) 
         label_report=report,
         tuning=_tuning_summary(tuning),
     )
+    if request.sagemaker is not None and request.sagemaker.endpoint_name:
+        # Deployed before it is registered: a failed deployment registers nothing.
+        deployment = deploy(
+            request.sagemaker.sagemaker,
+            request.sagemaker.config,
+            model_data_url=source["model_data_url"],
+            endpoint_name=request.sagemaker.endpoint_name,
+            when=datetime.now(UTC),
+            poll_s=request.sagemaker.poll_s,
+        )
+        source.update(
+            endpoint=deployment.endpoint_name,
+            endpoint_config=deployment.endpoint_config_name,
+            model=deployment.model_name,
+        )
+        manifest = dataclasses.replace(manifest, source=source)
     registry.save_model(
         manifest,
-        result.centroids,
+        centroids,
         CalibrationSample(
             clusters=clusters.astype(np.int32),
             distances=distances.astype(np.float32),
@@ -385,6 +440,35 @@ def _tuned_names(request: TrainRequest) -> set[str]:
             "set it or tune it, not both"
         )
     return tuned
+
+
+def _on_sagemaker(
+    request: TrainRequest,
+    target: SageMakerTarget,
+    x_train: npt.NDArray[np.float64],
+    x_test: npt.NDArray[np.float64],
+) -> SageMakerModel:
+    """Tune on SageMaker (the request's ranges and limits) and fetch the winner."""
+
+    def report(p: TuningProgress) -> None:
+        best = "-" if p.best_msd is None else f"{p.best_msd:.6g}"
+        log.info("tuning %s: %d/%d trials done, best test:msd %s", p.status, p.done, p.total, best)
+
+    return train_on_sagemaker(
+        target.sagemaker,
+        target.s3,
+        target.config,
+        x_train,
+        x_test,
+        k=request.k,
+        when=datetime.now(UTC),
+        parameter_ranges=request.parameter_ranges,
+        max_jobs=request.max_jobs,
+        max_parallel=request.max_parallel,
+        strategy=request.strategy,
+        poll_s=target.poll_s,
+        progress=report,
+    )
 
 
 def _assign_all(

@@ -7,6 +7,7 @@ artifact; a hook after ``CreateHyperParameterTuningJob`` plays SageMaker's part:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,10 +29,17 @@ WHEN = datetime(2026, 11, 28, 10, 15, tzinfo=UTC)
 KEY = "arn:aws:kms:us-east-1:123456789012:key/abcd"
 
 
-def play_sagemaker(sagemaker: Any, s3: Any, centroids: np.ndarray, *, k_written: int) -> None:
-    """After the tuning job is created: one finished trial, named best, with its artifact."""
+def play_sagemaker(
+    sagemaker: Any, s3: Any, centroids: np.ndarray | Callable[[dict[str, Any]], np.ndarray], *,
+    k_written: int | None = None,
+) -> None:  # fmt: skip
+    """After the tuning job is created: one finished trial, named best, with its artifact.
+
+    ``centroids`` is the trial's model, or makes it from the tuning job's parameters.
+    """
 
     def after_create(params: dict[str, Any], **_: Any) -> None:
+        model = centroids(params) if callable(centroids) else centroids
         name = params["HyperParameterTuningJobName"]
         definition = params["TrainingJobDefinition"]
         job = f"{name}-001-abcd"
@@ -62,7 +70,7 @@ def play_sagemaker(sagemaker: Any, s3: Any, centroids: np.ndarray, *, k_written:
         s3.put_object(
             Bucket=bucket,
             Key=f"{prefix}/{job}/output/model.tar.gz",
-            Body=write_model_tar(centroids[:k_written]),
+            Body=write_model_tar(model[:k_written]),
         )
 
     # botocore's own event hooks: keep the request's parameters, act once it succeeded.
