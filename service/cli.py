@@ -24,7 +24,7 @@ from service.settings import Settings
 from training.demo import DEMO_FEATURES, LABEL_COLUMN, DemoConfig, generate, write_csv
 from training.errors import FraudscoreError
 from training.kmeans import CONTAINER_DATE_FORMAT, CONTAINER_LOG_FORMAT
-from training.pipeline import TrainOutcome, TrainRequest, train
+from training.pipeline import SageMakerTarget, TrainOutcome, TrainRequest, train
 from training.registry import Registry, open_registry
 from training.thresholds import ThresholdPolicy
 
@@ -133,6 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     p.add_argument("--tag", type=_key_value, action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--no-activate", action="store_true", help="register without activating")
+    p.add_argument(
+        "--mode",
+        choices=("local", "sagemaker"),
+        default="local",
+        help="tune and train in process, or as a SageMaker tuning job (FRAUDSCORE_* AWS "
+        "settings); calibration and registration happen here either way",
+    )
+    p.add_argument(
+        "--endpoint-name", help="with --mode sagemaker: deploy the winner to this endpoint first"
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     _registry_arg(p)
 
@@ -239,6 +249,24 @@ def _dispatch(args: argparse.Namespace) -> int:
     raise AssertionError(f"unhandled command {args.command}")  # argparse enforces the choices
 
 
+def _sagemaker_target(args: argparse.Namespace) -> SageMakerTarget | None:
+    if args.mode != "sagemaker":
+        if args.endpoint_name:
+            raise FraudscoreError("--endpoint-name needs --mode sagemaker")
+        return None
+    import boto3
+
+    from training.sagemaker_requests import config_from_environment
+
+    config = config_from_environment(os.environ)
+    return SageMakerTarget(
+        sagemaker=boto3.client("sagemaker", region_name=config.region),
+        s3=boto3.client("s3", region_name=config.region),
+        config=config,
+        endpoint_name=args.endpoint_name,
+    )
+
+
 def _train_request(args: argparse.Namespace) -> TrainRequest:
     features: dict[str, Any] | None = None
     if args.features is not None:
@@ -274,6 +302,7 @@ def _train_request(args: argparse.Namespace) -> TrainRequest:
         seed=args.seed,
         tags=dict(args.tag),
         activate=not args.no_activate,
+        sagemaker=_sagemaker_target(args),
     )
 
 
@@ -297,6 +326,9 @@ def _print_outcome(outcome: TrainOutcome) -> None:
     for column, why in outcome.skipped_columns.items():
         print(f"skipped column {column}: {why}")
     print("metrics: " + ", ".join(f"{k}={v:.6g}" for k, v in sorted(m.metrics.items())))
+    if m.source.get("kind") == "sagemaker":
+        where = ", ".join(f"{key} {m.source[key]}" for key in sorted(m.source) if key != "kind")
+        print(f"trained on SageMaker: {where}")
     if outcome.tuning is not None:
         best = outcome.tuning.best_training_job
         print(

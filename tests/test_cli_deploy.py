@@ -118,3 +118,23 @@ def test_a_deploy_uploads_encrypted_and_brings_the_endpoint_up(
     assert head["ServerSideEncryption"] == "aws:kms"
     assert head["SSEKMSKeyId"] == KEY
     assert endpoint["EndpointStatus"] == "InService"
+
+
+def test_training_on_sagemaker_names_a_missing_setting(
+    registry_dir: tuple[Path, str], tmp_path: Path
+) -> None:
+    registry, _ = registry_dir
+    data = registry.parent / "train.csv"
+    env = {k: v for k, v in AWS_ENV.items() if k != "FRAUDSCORE_KMS_KEY_ID"}
+    result = run_cli(
+        "--no-progress", "train", "--data", str(data), "--mode", "sagemaker",
+        "--registry", str(tmp_path / "registry"), env=env,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip() == "fraudscore: error: FRAUDSCORE_KMS_KEY_ID is not set"
+    assert not (tmp_path / "registry").exists()
+    local = run_cli(
+        "train", "--data", str(data), "--endpoint-name", "x",
+        "--registry", str(tmp_path / "registry"), env=env,
+    )  # fmt: skip
+    assert local.stderr.strip() == "fraudscore: error: --endpoint-name needs --mode sagemaker"
