@@ -24,7 +24,13 @@ from service.settings import Settings
 from training.demo import DEMO_FEATURES, LABEL_COLUMN, DemoConfig, generate, write_csv
 from training.errors import FraudscoreError
 from training.kmeans import CONTAINER_DATE_FORMAT, CONTAINER_LOG_FORMAT
-from training.pipeline import SageMakerTarget, TrainOutcome, TrainRequest, train
+from training.pipeline import (
+    SageMakerTarget,
+    TrainOutcome,
+    TrainRequest,
+    sagemaker_plan,
+    train,
+)
 from training.registry import Registry, open_registry
 from training.thresholds import ThresholdPolicy
 
@@ -143,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--endpoint-name", help="with --mode sagemaker: deploy the winner to this endpoint first"
     )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="with --mode sagemaker: print every AWS request as JSON, in order, and stop "
+        "(reads the data once; calls nothing)",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     _registry_arg(p)
 
@@ -218,6 +230,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         write_csv(generate(config), args.out)
         print(f"wrote {args.rows} transactions to {args.out} (label column '{LABEL_COLUMN}')")
         return 0
+    if args.command == "train" and args.dry_run:
+        if args.mode != "sagemaker":
+            raise FraudscoreError("--dry-run needs --mode sagemaker")
+        from training.sagemaker_requests import config_from_environment
+
+        aws = config_from_environment(os.environ)
+        request = _train_request(args, with_target=False)
+        plan = sagemaker_plan(request, aws, endpoint_name=args.endpoint_name, progress=progress)
+        print(json.dumps(plan, indent=2))
+        return 0
     if args.command == "train":
         outcome = train(_train_request(args), open_registry(args.registry), progress=progress)
         if args.json:
@@ -267,7 +289,7 @@ def _sagemaker_target(args: argparse.Namespace) -> SageMakerTarget | None:
     )
 
 
-def _train_request(args: argparse.Namespace) -> TrainRequest:
+def _train_request(args: argparse.Namespace, *, with_target: bool = True) -> TrainRequest:
     features: dict[str, Any] | None = None
     if args.features is not None:
         try:
@@ -302,7 +324,7 @@ def _train_request(args: argparse.Namespace) -> TrainRequest:
         seed=args.seed,
         tags=dict(args.tag),
         activate=not args.no_activate,
-        sagemaker=_sagemaker_target(args),
+        sagemaker=_sagemaker_target(args) if with_target else None,
     )
 
 

@@ -138,3 +138,43 @@ def test_training_on_sagemaker_names_a_missing_setting(
         "--registry", str(tmp_path / "registry"), env=env,
     )  # fmt: skip
     assert local.stderr.strip() == "fraudscore: error: --endpoint-name needs --mode sagemaker"
+
+
+def test_the_training_dry_run_prints_the_run_in_order_without_aws(
+    registry_dir: tuple[Path, str], tmp_path: Path
+) -> None:
+    registry, version = registry_dir
+    data = registry.parent / "train.csv"
+    features = Path(__file__).resolve().parents[1] / "examples" / "features.json"
+    result = run_cli(
+        "--no-progress", "train", "--data", str(data), "--features", str(features), "--k", "4",
+        "--mode", "sagemaker", "--endpoint-name", "fraudscore", "--max-jobs", "20", "--dry-run",
+        "--registry", str(tmp_path / "registry"), env=AWS_ENV,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert [step["operation"] for step in plan] == [
+        "PutObject",
+        "PutObject",
+        "CreateHyperParameterTuningJob",
+        "GetObject",
+        "CreateModel",
+        "CreateEndpointConfig",
+        "CreateEndpoint",
+        "UpdateEndpoint",
+    ]
+    train_put, test_put, tuning = (step["request"] for step in plan[:3])
+    assert train_put["SSEKMSKeyId"] == KEY
+    assert train_put["Key"].endswith("/train/train.csv")
+    rows = [int(put["Body"].split()[0].lstrip("<")) for put in (train_put, test_put)]
+    assert sum(rows) == 2000
+    definition = tuning["TrainingJobDefinition"]
+    manifest = open_registry(registry).load_manifest(version)
+    assert definition["StaticHyperParameters"]["k"] == "4"
+    assert definition["StaticHyperParameters"]["feature_dim"] == str(manifest.feature_dim)
+    assert (
+        tuning["HyperParameterTuningJobConfig"]["ResourceLimits"]["MaxNumberOfTrainingJobs"] == 20
+    )
+    channel = definition["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"]
+    assert train_put["Key"].startswith(channel.removeprefix("s3://fraudscore-data/"))
+    assert not (tmp_path / "registry").exists()  # nothing registered

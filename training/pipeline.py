@@ -33,7 +33,7 @@ from training.parameter_ranges import DEFAULT_PARAMETER_RANGES, RANGE_KINDS
 from training.registry import Registry
 from training.sagemaker_deploy import deploy
 from training.sagemaker_requests import SageMakerConfig
-from training.sagemaker_training import SageMakerModel, train_on_sagemaker
+from training.sagemaker_training import SageMakerModel, train_on_sagemaker, training_plan
 from training.sagemaker_tuning import TuningProgress
 from training.thresholds import ThresholdPolicy, Thresholds
 from training.tuning import TuningConfig, TuningResult, tune
@@ -105,21 +105,7 @@ class _Split:
 def train(request: TrainRequest, registry: Registry, *, progress: bool = False) -> TrainOutcome:
     """Train, calibrate and register a model from a CSV file; activate it if asked."""
     path = request.data
-    header = read_header(path)
-    label = request.label_column
-    if label is not None and label not in header:
-        raise DataError(f"label column '{label}' is not in the header", file=str(path))
-    # Validate hyperparameter overrides before reading any data: a typo should cost nothing.
-    parse_hyperparameters({"k": str(request.k), "feature_dim": "1", **request.hyperparameters})
-    if request.tune:
-        _tuned_names(request)
-
-    spec, skipped = _initial_spec(request, header)
-    stratify = _stratify_column(request, spec)
-    schema = spec.csv_schema()
-    if stratify is not None and stratify not in schema.columns:
-        raise SpecError(f"stratify column '{stratify}' must be a feature of the spec")
-
+    spec, skipped, stratify, schema = _prepare(request)
     split = _pass_one(request, schema, spec, stratify, progress=progress)
     fitted = split.spec
     if split.train_rows < request.k:
@@ -242,6 +228,53 @@ def train(request: TrainRequest, registry: Registry, *, progress: bool = False) 
         activated=request.activate,
         tuning=tuning,
     )
+
+
+def sagemaker_plan(
+    request: TrainRequest,
+    config: SageMakerConfig,
+    *,
+    endpoint_name: str | None = None,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """The requests a SageMaker run of ``request`` would send, in order, without AWS.
+
+    Reads the data once (to fit the feature spec, which fixes ``feature_dim``) and checks
+    it as a real run would.
+    """
+    spec, _, stratify, schema = _prepare(request)
+    split = _pass_one(request, schema, spec, stratify, progress=progress)
+    return training_plan(
+        config,
+        k=request.k,
+        feature_dim=split.spec.feature_dim,
+        rows={"train": split.train_rows, "test": split.test_rows},
+        when=datetime.now(UTC),
+        parameter_ranges=request.parameter_ranges,
+        max_jobs=request.max_jobs,
+        max_parallel=request.max_parallel,
+        strategy=request.strategy,
+        endpoint_name=endpoint_name,
+    )
+
+
+def _prepare(request: TrainRequest) -> tuple[FeatureSpec, dict[str, str], str | None, CsvSchema]:
+    """Checks that need no data pass, then the spec, skipped columns, stratum and schema."""
+    path = request.data
+    header = read_header(path)
+    label = request.label_column
+    if label is not None and label not in header:
+        raise DataError(f"label column '{label}' is not in the header", file=str(path))
+    # Validate hyperparameter overrides before reading any data: a typo should cost nothing.
+    parse_hyperparameters({"k": str(request.k), "feature_dim": "1", **request.hyperparameters})
+    if request.tune:
+        _tuned_names(request)
+    spec, skipped = _initial_spec(request, header)
+    stratify = _stratify_column(request, spec)
+    schema = spec.csv_schema()
+    if stratify is not None and stratify not in schema.columns:
+        raise SpecError(f"stratify column '{stratify}' must be a feature of the spec")
+    return spec, skipped, stratify, schema
 
 
 def _initial_spec(request: TrainRequest, header: list[str]) -> tuple[FeatureSpec, dict[str, str]]:

@@ -180,11 +180,20 @@ def deployment_plan(
     """Every request :func:`deploy_version` would send, in order, for ``--dry-run``."""
     upload = artifact_request(config, model_version, data)
     url = f"s3://{upload['Bucket']}/{upload['Key']}"
+    return [
+        {"operation": "PutObject", "request": {**upload, "Body": f"<{len(data)} bytes>"}},
+        *endpoint_plan(config, url, endpoint_name=endpoint_name, when=when),
+    ]
+
+
+def endpoint_plan(
+    config: SageMakerConfig, model_data_url: str, *, endpoint_name: str, when: datetime
+) -> list[dict[str, Any]]:
+    """The requests of :func:`deploy`, in order (create or update, whichever applies)."""
     model = resource_name(config.name_prefix, "model", when)
     endpoint_config = resource_name(config.name_prefix, "config", when)
     return [
-        {"operation": "PutObject", "request": {**upload, "Body": f"<{len(data)} bytes>"}},
-        {"operation": "CreateModel", "request": create_model(config, model, url)},
+        {"operation": "CreateModel", "request": create_model(config, model, model_data_url)},
         {
             "operation": "CreateEndpointConfig",
             "request": create_endpoint_config(config, endpoint_config, model),

@@ -62,6 +62,74 @@ def split_csv(x: npt.NDArray[np.floating[Any]]) -> bytes:
     return out.getvalue()
 
 
+def tuning_job_name(config: SageMakerConfig, when: datetime) -> str:
+    """The run's tuning job name, which also names its data folder."""
+    return resource_name(config.name_prefix, "", when, limit=TUNING_JOB_NAME_MAX)
+
+
+def split_uri(config: SageMakerConfig, name: str, split: str) -> str:
+    """Where a run's ``train`` or ``test`` split goes (its channel is the folder)."""
+    return config.s3_uri("data", name, split, f"{split}.csv")
+
+
+def training_plan(
+    config: SageMakerConfig,
+    *,
+    k: int,
+    feature_dim: int,
+    rows: Mapping[str, int],
+    when: datetime,
+    parameter_ranges: Mapping[str, Any] = DEFAULT_PARAMETER_RANGES,
+    max_jobs: int = 50,
+    max_parallel: int = 2,
+    strategy: str = "Bayesian",
+    endpoint_name: str | None = None,
+) -> list[dict[str, Any]]:
+    """Every request :func:`train_on_sagemaker` (and the deployment) would send, in order.
+
+    Values known only at run time (the split bodies, the best job's artifact) are shown as
+    ``<...>`` placeholders.
+    """
+    name = tuning_job_name(config, when)
+    plan: list[dict[str, Any]] = []
+    for split in ("train", "test"):
+        bucket, key = _s3_parts(split_uri(config, name, split))
+        plan.append(
+            {
+                "operation": "PutObject",
+                "request": {
+                    "Bucket": bucket,
+                    "Key": key,
+                    "Body": f"<{rows[split]} transformed {split} rows as CSV>",
+                    "ServerSideEncryption": "aws:kms",
+                    "SSEKMSKeyId": config.kms_key_id,
+                    "BucketKeyEnabled": True,
+                },
+            }
+        )
+    tuning = create_hyper_parameter_tuning_job(
+        config,
+        name,
+        k=k,
+        feature_dim=feature_dim,
+        train_uri=split_uri(config, name, "train").rsplit("/", 1)[0],
+        test_uri=split_uri(config, name, "test").rsplit("/", 1)[0],
+        output_uri=config.s3_uri("output"),
+        parameter_ranges=parameter_ranges,
+        max_jobs=max_jobs,
+        max_parallel=max_parallel,
+        strategy=strategy,
+    )
+    plan.append({"operation": "CreateHyperParameterTuningJob", "request": tuning})
+    artifact = config.s3_uri("output", "<best training job>", "output", "model.tar.gz")
+    plan.append({"operation": "GetObject", "request": {"url": artifact}})
+    if endpoint_name:
+        from training.sagemaker_deploy import endpoint_plan
+
+        plan.extend(endpoint_plan(config, artifact, endpoint_name=endpoint_name, when=when))
+    return plan
+
+
 def _s3_parts(uri: str) -> tuple[str, str]:
     bucket, _, key = uri.removeprefix("s3://").partition("/")
     return bucket, key
@@ -87,11 +155,10 @@ def train_on_sagemaker(
     """Upload, tune and fetch the best centroids; TuningError naming the failed step."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    name = resource_name(config.name_prefix, "", when, limit=TUNING_JOB_NAME_MAX)
-    run = f"data/{name}"
+    name = tuning_job_name(config, when)
     uris = {}
     for split, x in (("train", x_train), ("test", x_test)):
-        uri = config.s3_uri(run, split, f"{split}.csv")
+        uri = split_uri(config, name, split)
         bucket, key = _s3_parts(uri)
         try:
             s3.put_object(
