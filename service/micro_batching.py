@@ -56,7 +56,6 @@ class MicroBatcher:
         self._queued_rows = 0
         self._arrived = asyncio.Event()
         self._collector: asyncio.Task[None] | None = None
-        self.calls = 0  # for tests and benchmarks: batches sent
 
     async def submit(
         self, serving: ServingModel, columns: Columns, ids: Sequence[str]
@@ -125,7 +124,6 @@ class MicroBatcher:
             name: [value for p in batch for value in p.columns[name]] for name in batch[0].columns
         }
         ids = [tid for p in batch for tid in p.ids]
-        self.calls += 1
         try:
             decisions = await loop.run_in_executor(self.executor, self.run, serving, columns, ids)
         except SpecError as exc:

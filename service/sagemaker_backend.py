@@ -160,7 +160,6 @@ class SageMakerBackend:
         self.fallback = fallback
         self.breaker = breaker or CircuitBreaker()
         self.max_payload_bytes = max_payload_bytes
-        self.fallbacks = 0  # rows answered by the fallback, for the metrics
 
     def invoke(
         self, x: npt.NDArray[np.float64]
@@ -220,7 +219,6 @@ class SageMakerBackend:
         except EndpointError:
             if not self.fallback:
                 raise
-        self.fallbacks += len(x)
         clusters, distances = model.nearest.assign(x)
         return clusters, distances, FALLBACK_NAME
 

@@ -95,7 +95,6 @@ def _worker(host: str, port: int) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
-    sock.set_inheritable(True)
     uvicorn.Server(uvicorn.Config(APP, **_UVICORN)).run(sockets=[sock])
 
 

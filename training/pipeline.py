@@ -141,22 +141,20 @@ def train(request: TrainRequest, registry: Registry, *, progress: bool = False) 
             train_clusters, _ = _assign_all(x_train, centroids)
             weights = np.bincount(train_clusters, minlength=request.k).astype(np.float64)
             source = remote.source()
+            clusters, distances = _assign_all(x_test, centroids)
+            # The container's own definitions: mean and sum of squared test distances.
+            metrics = {
+                "test:msd": float(np.mean(distances**2)),
+                "test:ssd": float(np.sum(distances**2)),
+            }
         else:
             if request.tune:
                 tuning = _tune(request, hyperparameters, train_path, test_path, progress=progress)
                 hyperparameters = parse_hyperparameters(tuning.best_hyperparameters)
             result = _fit(x_train, x_test, hyperparameters, request.seed, progress=progress)
             centroids, weights = result.centroids, result.cluster_weights
-        clusters, distances = _assign_all(x_test, centroids)
-        metrics = (
-            {name: float(value) for name, value in result.metrics.items()}
-            if request.sagemaker is None
-            # The container's own definitions: mean and sum of squared test distances.
-            else {
-                "test:msd": float(np.mean(distances**2)),
-                "test:ssd": float(np.sum(distances**2)),
-            }
-        )
+            clusters, distances = _assign_all(x_test, centroids)
+            metrics = {name: float(value) for name, value in result.metrics.items()}
         del x_train, x_test
 
     version = registry.new_model_version()

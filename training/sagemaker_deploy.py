@@ -21,6 +21,7 @@ from training.sagemaker_requests import (
     create_endpoint,
     create_endpoint_config,
     create_model,
+    put_object,
     resource_name,
     update_endpoint,
 )
@@ -164,14 +165,7 @@ def _describe(exc: Any) -> str:
 
 def artifact_request(config: SageMakerConfig, model_version: str, data: bytes) -> dict[str, Any]:
     """``PutObject`` of a registered model's ``model.tar.gz``, SSE-KMS under the key."""
-    return {
-        "Bucket": config.bucket,
-        "Key": config.s3_uri("models", model_version, "model.tar.gz").split("/", 3)[3],
-        "Body": data,
-        "ServerSideEncryption": "aws:kms",
-        "SSEKMSKeyId": config.kms_key_id,
-        "BucketKeyEnabled": True,
-    }
+    return put_object(config, config.s3_key("models", model_version, "model.tar.gz"), data)
 
 
 def deployment_plan(

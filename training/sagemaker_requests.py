@@ -93,10 +93,13 @@ class SageMakerConfig:
         if self.data_capture_percent is not None and not 0 < self.data_capture_percent <= 100:
             raise SageMakerConfigError("data_capture_percent must be in 1..100")
 
+    def s3_key(self, *parts: str) -> str:
+        """``prefix/part/...``: a key in the configured bucket."""
+        return "/".join(p.strip("/") for p in (self.prefix, *parts) if p.strip("/"))
+
     def s3_uri(self, *parts: str) -> str:
         """``s3://bucket/prefix/part/...``."""
-        path = "/".join(p.strip("/") for p in (self.prefix, *parts) if p.strip("/"))
-        return f"s3://{self.bucket}/{path}"
+        return f"s3://{self.bucket}/{self.s3_key(*parts)}"
 
 
 def image_uri(region: str) -> str:
@@ -123,6 +126,18 @@ def tags(config: SageMakerConfig, name: str) -> list[dict[str, str]]:
     """The configured standard tags plus ``ResourceName``, as SageMaker's Key/Value list."""
     merged = {**config.tags, "ResourceName": name}
     return [{"Key": k, "Value": v} for k, v in merged.items()]
+
+
+def put_object(config: SageMakerConfig, key: str, body: Any) -> dict[str, Any]:
+    """``PutObject`` into the configured bucket, SSE-KMS under the key (bucket key on)."""
+    return {
+        "Bucket": config.bucket,
+        "Key": key,
+        "Body": body,
+        "ServerSideEncryption": "aws:kms",
+        "SSEKMSKeyId": config.kms_key_id,
+        "BucketKeyEnabled": True,
+    }
 
 
 def _vpc(config: SageMakerConfig) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from training.sagemaker_requests import (
     TUNING_JOB_NAME_MAX,
     SageMakerConfig,
     create_hyper_parameter_tuning_job,
+    put_object,
     resource_name,
 )
 from training.sagemaker_tuning import BestModel, TuningProgress, best_model, wait_for_tuning_job
@@ -41,8 +42,6 @@ class SageMakerModel:
     centroids: npt.NDArray[np.float32]
     best: BestModel
     tuning_job_name: str
-    train_uri: str
-    test_uri: str
 
     def source(self) -> dict[str, str]:
         """The manifest's ``source`` entry."""
@@ -67,9 +66,34 @@ def tuning_job_name(config: SageMakerConfig, when: datetime) -> str:
     return resource_name(config.name_prefix, "", when, limit=TUNING_JOB_NAME_MAX)
 
 
-def split_uri(config: SageMakerConfig, name: str, split: str) -> str:
-    """Where a run's ``train`` or ``test`` split goes (its channel is the folder)."""
-    return config.s3_uri("data", name, split, f"{split}.csv")
+def _run_requests(
+    config: SageMakerConfig,
+    name: str,
+    bodies: Mapping[str, Any],
+    *,
+    k: int,
+    feature_dim: int,
+    **search: Any,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The two split uploads and the tuning job of run ``name`` (shared by run and plan).
+
+    Each split is one object under ``data/<name>/<split>/``, which is its channel.
+    """
+    uploads = [
+        put_object(config, config.s3_key("data", name, split, f"{split}.csv"), bodies[split])
+        for split in ("train", "test")
+    ]
+    tuning = create_hyper_parameter_tuning_job(
+        config,
+        name,
+        k=k,
+        feature_dim=feature_dim,
+        train_uri=config.s3_uri("data", name, "train"),
+        test_uri=config.s3_uri("data", name, "test"),
+        output_uri=config.s3_uri("output"),
+        **search,
+    )
+    return uploads, tuning
 
 
 def training_plan(
@@ -91,35 +115,18 @@ def training_plan(
     ``<...>`` placeholders.
     """
     name = tuning_job_name(config, when)
-    plan: list[dict[str, Any]] = []
-    for split in ("train", "test"):
-        bucket, key = _s3_parts(split_uri(config, name, split))
-        plan.append(
-            {
-                "operation": "PutObject",
-                "request": {
-                    "Bucket": bucket,
-                    "Key": key,
-                    "Body": f"<{rows[split]} transformed {split} rows as CSV>",
-                    "ServerSideEncryption": "aws:kms",
-                    "SSEKMSKeyId": config.kms_key_id,
-                    "BucketKeyEnabled": True,
-                },
-            }
-        )
-    tuning = create_hyper_parameter_tuning_job(
+    uploads, tuning = _run_requests(
         config,
         name,
+        {split: f"<{rows[split]} transformed {split} rows as CSV>" for split in ("train", "test")},
         k=k,
         feature_dim=feature_dim,
-        train_uri=split_uri(config, name, "train").rsplit("/", 1)[0],
-        test_uri=split_uri(config, name, "test").rsplit("/", 1)[0],
-        output_uri=config.s3_uri("output"),
         parameter_ranges=parameter_ranges,
         max_jobs=max_jobs,
         max_parallel=max_parallel,
         strategy=strategy,
     )
+    plan = [{"operation": "PutObject", "request": upload} for upload in uploads]
     plan.append({"operation": "CreateHyperParameterTuningJob", "request": tuning})
     artifact = config.s3_uri("output", "<best training job>", "output", "model.tar.gz")
     plan.append({"operation": "GetObject", "request": {"url": artifact}})
@@ -128,11 +135,6 @@ def training_plan(
 
         plan.extend(endpoint_plan(config, artifact, endpoint_name=endpoint_name, when=when))
     return plan
-
-
-def _s3_parts(uri: str) -> tuple[str, str]:
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
-    return bucket, key
 
 
 def train_on_sagemaker(
@@ -156,42 +158,30 @@ def train_on_sagemaker(
     from botocore.exceptions import BotoCoreError, ClientError
 
     name = tuning_job_name(config, when)
-    uris = {}
-    for split, x in (("train", x_train), ("test", x_test)):
-        uri = split_uri(config, name, split)
-        bucket, key = _s3_parts(uri)
-        try:
-            s3.put_object(
-                Bucket=bucket,
-                Key=key,
-                Body=split_csv(x),
-                ServerSideEncryption="aws:kms",
-                SSEKMSKeyId=config.kms_key_id,
-                BucketKeyEnabled=True,
-            )
-        except (ClientError, BotoCoreError) as exc:
-            raise TuningError(f"upload of the {split} split to {uri} failed: {exc}") from None
-        uris[split] = uri.rsplit("/", 1)[0]  # the channel is the prefix
-    request = create_hyper_parameter_tuning_job(
+    uploads, request = _run_requests(
         config,
         name,
+        {"train": split_csv(x_train), "test": split_csv(x_test)},
         k=k,
         feature_dim=int(x_train.shape[1]),
-        train_uri=uris["train"],
-        test_uri=uris["test"],
-        output_uri=config.s3_uri("output"),
         parameter_ranges=parameter_ranges,
         max_jobs=max_jobs,
         max_parallel=max_parallel,
         strategy=strategy,
     )
+    for split, upload in zip(("train", "test"), uploads, strict=True):
+        try:
+            s3.put_object(**upload)
+        except (ClientError, BotoCoreError) as exc:
+            where = f"s3://{upload['Bucket']}/{upload['Key']}"
+            raise TuningError(f"upload of the {split} split to {where} failed: {exc}") from None
     try:
         sagemaker.create_hyper_parameter_tuning_job(**request)
     except (ClientError, BotoCoreError) as exc:
         raise TuningError(f"tuning job {name} could not start: {exc}") from None
     waited = wait_for_tuning_job(sagemaker, name, poll_s=poll_s, progress=progress, sleep=sleep)
     best = best_model(sagemaker, waited)
-    bucket, key = _s3_parts(best.model_data_url)
+    bucket, _, key = best.model_data_url.removeprefix("s3://").partition("/")
     try:
         data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     except (ClientError, BotoCoreError) as exc:
@@ -199,4 +189,4 @@ def train_on_sagemaker(
     centroids = read_model_tar(data, feature_dim=int(x_train.shape[1]))
     if centroids.shape[0] != k:
         raise TuningError(f"the best model has {centroids.shape[0]} centroids, expected k={k}")
-    return SageMakerModel(centroids, best, name, uris["train"], uris["test"])
+    return SageMakerModel(centroids, best, name)

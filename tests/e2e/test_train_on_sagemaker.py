@@ -23,11 +23,11 @@ import pytest
 from moto.sagemaker.responses import SageMakerResponse
 from moto.server import ThreadedMotoServer
 
+from tests.aws_fakes import create_trial_job, name_best
 from tests.test_cli_deploy import AWS_ENV, run_cli
 from training.artifact import write_model_tar
 from training.demo import DEMO_FEATURES, DemoConfig, generate, write_csv
 from training.registry import open_registry
-from training.sagemaker_requests import image_uri
 
 REGION = "us-east-1"
 BUCKET = "fraudscore-data"
@@ -66,27 +66,9 @@ def play_trial(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
         rows = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
         centroids = np.loadtxt(io.BytesIO(rows), delimiter=",", max_rows=k).astype(np.float32)
         job = f"{name}-001-trial"
-        sagemaker.create_training_job(
-            TrainingJobName=job,
-            AlgorithmSpecification={
-                "TrainingImage": image_uri(REGION),
-                "TrainingInputMode": "File",
-            },
-            RoleArn=definition["RoleArn"],
-            InputDataConfig=definition["InputDataConfig"],
-            OutputDataConfig=definition["OutputDataConfig"],
-            ResourceConfig=definition["ResourceConfig"],
-            StoppingCondition=definition["StoppingCondition"],
-        )
+        create_trial_job(sagemaker, job, definition, REGION)
         tuning = self.sagemaker_backend.hyper_parameter_tuning_jobs[name]
-        tuning.best_training_job = {
-            **tuning.best_training_job,
-            "TrainingJobName": job,
-            "TunedHyperParameters": {"extra_center_factor": "5"},
-            "FinalHyperParameterTuningJobObjectiveMetric": {
-                "Type": "Minimize", "MetricName": "test:msd", "Value": 1.0,
-            },
-        }  # fmt: skip
+        name_best(tuning, job, 1.0, {"extra_center_factor": "5"})
         output = definition["OutputDataConfig"]["S3OutputPath"].removeprefix(f"s3://{BUCKET}/")
         s3.put_object(
             Bucket=BUCKET,

@@ -186,7 +186,6 @@ def test_the_fallback_answers_with_the_models_centroids(
     clusters, _, who = backend.assign(model, x)
     assert who == FALLBACK_NAME
     assert clusters.tolist() == model.nearest.assign(x)[0].tolist()
-    assert backend.fallbacks == len(x)
 
 
 def test_the_circuit_opens_after_failures_and_probes_again_later(

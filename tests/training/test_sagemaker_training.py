@@ -17,10 +17,10 @@ import pytest
 from moto import mock_aws
 from moto.sagemaker.models import sagemaker_backends
 
+from tests.aws_fakes import create_trial_job, name_best
 from tests.training.test_sagemaker_requests import config
 from training.artifact import write_model_tar
 from training.errors import TuningError
-from training.sagemaker_requests import image_uri
 from training.sagemaker_training import split_csv, train_on_sagemaker
 
 pytestmark = pytest.mark.usefixtures("fake_aws")
@@ -43,28 +43,10 @@ def play_sagemaker(
         name = params["HyperParameterTuningJobName"]
         definition = params["TrainingJobDefinition"]
         job = f"{name}-001-abcd"
-        sagemaker.create_training_job(
-            TrainingJobName=job,
-            AlgorithmSpecification={
-                "TrainingImage": image_uri(REGION),
-                "TrainingInputMode": "File",
-            },
-            RoleArn=definition["RoleArn"],
-            InputDataConfig=definition["InputDataConfig"],
-            OutputDataConfig=definition["OutputDataConfig"],
-            ResourceConfig=definition["ResourceConfig"],
-            StoppingCondition=definition["StoppingCondition"],
-        )
+        create_trial_job(sagemaker, job, definition, REGION)
         backend = sagemaker_backends["123456789012"][REGION]
         tuning = backend.hyper_parameter_tuning_jobs[name]
-        tuning.best_training_job = {
-            **tuning.best_training_job,
-            "TrainingJobName": job,
-            "TunedHyperParameters": {"extra_center_factor": "6"},
-            "FinalHyperParameterTuningJobObjectiveMetric": {
-                "Type": "Minimize", "MetricName": "test:msd", "Value": 1.5,
-            },
-        }  # fmt: skip
+        name_best(tuning, job, 1.5, {"extra_center_factor": "6"})
         output = definition["OutputDataConfig"]["S3OutputPath"].removeprefix("s3://")
         bucket, _, prefix = output.partition("/")
         s3.put_object(

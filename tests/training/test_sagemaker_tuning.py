@@ -12,9 +12,9 @@ from botocore.stub import Stubber
 from moto import mock_aws
 from moto.sagemaker.models import sagemaker_backends
 
+from tests.aws_fakes import create_trial_job, name_best
 from tests.training.test_sagemaker_requests import config, tuning_request
 from training.errors import TuningError
-from training.sagemaker_requests import image_uri
 from training.sagemaker_tuning import (
     TuningProgress,
     best_model,
@@ -121,31 +121,11 @@ def test_the_best_job_leads_to_its_artifact_on_moto() -> None:
         client.create_hyper_parameter_tuning_job(**request)
         job = "fraudscore-20261128-007-abc"
         definition = request["TrainingJobDefinition"]
-        client.create_training_job(
-            TrainingJobName=job,
-            AlgorithmSpecification={
-                "TrainingImage": image_uri(REGION),
-                "TrainingInputMode": "File",
-            },
-            RoleArn=definition["RoleArn"],
-            InputDataConfig=definition["InputDataConfig"],
-            OutputDataConfig=definition["OutputDataConfig"],
-            ResourceConfig=definition["ResourceConfig"],
-            StoppingCondition=definition["StoppingCondition"],
-        )
+        create_trial_job(client, job, definition, REGION)
         # moto's BestTrainingJob is a hard-coded fake: name the real trial instead.
         backend = sagemaker_backends["123456789012"][REGION]
         tuning = backend.hyper_parameter_tuning_jobs[NAME]
-        tuning.best_training_job = {
-            **tuning.best_training_job,
-            "TrainingJobName": job,
-            "TunedHyperParameters": {"extra_center_factor": "7"},
-            "FinalHyperParameterTuningJobObjectiveMetric": {
-                "Type": "Minimize",
-                "MetricName": "test:msd",
-                "Value": 2.25,
-            },
-        }
+        name_best(tuning, job, 2.25, {"extra_center_factor": "7"})
         best = best_model(client, wait_for_tuning_job(client, NAME, sleep=lambda _: None))
     assert best.training_job_name == job
     assert best.objective == 2.25
