@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
-from service import serve
+from service import cli_admin, serve
 from service.file_scoring import score_file
 from service.models import load_active
 from service.settings import Settings
@@ -32,6 +32,14 @@ from training.pipeline import (
     train,
 )
 from training.registry import Registry, open_registry
+from training.sagemaker_requests import (
+    DEFAULT_PREFIX,
+    SETTINGS,
+    TAGS_VARIABLE,
+    MissingSettingError,
+    SageMakerConfig,
+    config_from_settings,
+)
 from training.thresholds import ThresholdPolicy
 
 DEFAULT_REGISTRY = "var/registry"
@@ -79,6 +87,37 @@ def _registry_arg(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("FRAUDSCORE_REGISTRY", DEFAULT_REGISTRY),
         help="registry directory (default: $FRAUDSCORE_REGISTRY or %(default)s)",
     )
+
+
+# The AWS settings' flags, by config field (also their argparse dest), with their help.
+_AWS_FLAGS = {
+    "region": ("--region", "REGION", "AWS region of the bucket, jobs and endpoint"),
+    "bucket": ("--bucket", "BUCKET", "S3 bucket for training data and model artifacts"),
+    "prefix": ("--prefix", "PREFIX", "key prefix in the bucket"),
+    "role_arn": ("--role-arn", "ARN", "execution role SageMaker runs jobs and endpoints as"),
+    "kms_key_id": ("--kms-key-id", "KEY", "KMS key of S3 objects, volumes and endpoints"),
+}
+
+
+def _aws_arguments(parser: argparse.ArgumentParser, *, tag: bool, note: str = "") -> None:
+    """The AWS settings' flags, each documented with the variable it overrides."""
+    group = parser.add_argument_group(
+        "AWS settings", f"{note}each flag overrides its FRAUDSCORE_* environment variable"
+    )
+    for setting in SETTINGS:
+        flag, metavar, what = _AWS_FLAGS[setting.field]
+        default = f"${setting.variable}" + (f" or {DEFAULT_PREFIX}" if flag == "--prefix" else "")
+        group.add_argument(flag, metavar=metavar, help=f"{what} (default: {default})")
+    if tag:
+        group.add_argument(
+            "--tag",
+            type=_key_value,
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help=f"tag on every AWS resource created, repeatable; merged over ${TAGS_VARIABLE} "
+            "(a JSON object)",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,14 +176,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="clusters below this training share are rare patterns (default %(default)s)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
-    p.add_argument("--tag", type=_key_value, action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--tag",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="tag of the model version, repeatable; with --mode sagemaker also on every AWS "
+        "resource created, merged over $FRAUDSCORE_TAGS (a JSON object)",
+    )
     p.add_argument("--no-activate", action="store_true", help="register without activating")
     p.add_argument(
         "--mode",
         choices=("local", "sagemaker"),
         default="local",
-        help="tune and train in process, or as a SageMaker tuning job (FRAUDSCORE_* AWS "
-        "settings); calibration and registration happen here either way",
+        help="tune and train in process, or as a SageMaker tuning job (AWS settings below); "
+        "calibration and registration happen here either way",
     )
     p.add_argument(
         "--endpoint-name", help="with --mode sagemaker: deploy the winner to this endpoint first"
@@ -153,10 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run",
         action="store_true",
         help="with --mode sagemaker: print every AWS request as JSON, in order, and stop "
-        "(reads the data once; calls nothing)",
+        "(reads the data twice, as a run does; calls nothing)",
     )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     _registry_arg(p)
+    _aws_arguments(p, tag=False, note="with --mode sagemaker (and --tag above); ")
 
     p = sub.add_parser("score-file", help="score a CSV file with the active model")
     p.add_argument("--in", dest="source", type=Path, required=True, help="CSV to score")
@@ -169,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     lp = models.add_parser("list", help="list model versions, newest last")
     lp.add_argument("--json", action="store_true", help="print JSON")
     _registry_arg(lp)
+    cli_admin.add_model_commands(models, _registry_arg)
 
     p = sub.add_parser(
         "demo", help="train the demo model if none is active, then score a fresh demo file"
@@ -188,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "deploy",
-        help="deploy a registered model to a SageMaker endpoint (settings: FRAUDSCORE_* AWS vars)",
+        help="deploy a registered model to a SageMaker endpoint (AWS settings: flags or "
+        "FRAUDSCORE_* variables)",
     )
     p.add_argument("--model-version", required=True, help="registered version to deploy")
     p.add_argument("--endpoint-name", default="fraudscore", help="endpoint (default %(default)s)")
@@ -199,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="print every request as JSON, in order, without calling AWS",
     )
     _registry_arg(p)
+    _aws_arguments(p, tag=True)
+    cli_admin.add_commands(sub, _Parser, _registry_arg)
     return parser
 
 
@@ -225,6 +277,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     progress = not args.no_progress
+    handled = cli_admin.dispatch(args)
+    if handled is not None:
+        return handled
     if args.command == "demo-data":
         config = DemoConfig(rows=args.rows, seed=args.seed, anomaly_share=args.anomaly_share)
         write_csv(generate(config), args.out)
@@ -233,9 +288,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "train" and args.dry_run:
         if args.mode != "sagemaker":
             raise FraudscoreError("--dry-run needs --mode sagemaker")
-        from training.sagemaker_requests import config_from_environment
-
-        aws = config_from_environment(os.environ)
+        aws = _aws_config(args)
         request = _train_request(args, with_target=False)
         plan = sagemaker_plan(request, aws, endpoint_name=args.endpoint_name, progress=progress)
         print(json.dumps(plan, indent=2))
@@ -271,16 +324,35 @@ def _dispatch(args: argparse.Namespace) -> int:
     raise AssertionError(f"unhandled command {args.command}")  # argparse enforces the choices
 
 
+def _aws_config(args: argparse.Namespace) -> SageMakerConfig:
+    """The AWS settings: each flag over its variable, ``--tag`` over ``FRAUDSCORE_TAGS``.
+
+    A missing one is a usage error: one line naming its flag and variable, exit status 2.
+    """
+    given = {field: getattr(args, field) for field in _AWS_FLAGS}
+    try:
+        return config_from_settings(os.environ, given, tags=dict(args.tag))
+    except MissingSettingError as exc:
+        setting = exc.setting
+        flag = _AWS_FLAGS[setting.field][0]
+        # Exits like argparse's own usage errors, which never reach main's handlers either.
+        print(
+            f"fraudscore: error: missing {setting.what}: pass {flag} or set {setting.variable}",
+            file=sys.stderr,
+        )
+        raise SystemExit(EXIT_USAGE) from None
+
+
 def _sagemaker_target(args: argparse.Namespace) -> SageMakerTarget | None:
     if args.mode != "sagemaker":
-        if args.endpoint_name:
-            raise FraudscoreError("--endpoint-name needs --mode sagemaker")
+        given = [_AWS_FLAGS[field][0] for field in _AWS_FLAGS if getattr(args, field) is not None]
+        if args.endpoint_name or given:
+            flag = "--endpoint-name" if args.endpoint_name else given[0]
+            raise FraudscoreError(f"{flag} needs --mode sagemaker")
         return None
     import boto3
 
-    from training.sagemaker_requests import config_from_environment
-
-    config = config_from_environment(os.environ)
+    config = _aws_config(args)
     return SageMakerTarget(
         sagemaker=boto3.client("sagemaker", region_name=config.region),
         s3=boto3.client("s3", region_name=config.region),
@@ -472,9 +544,8 @@ def _deploy(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from training.sagemaker_deploy import deploy_version, deployment_plan
-    from training.sagemaker_requests import config_from_environment
 
-    config = config_from_environment(os.environ)
+    config = _aws_config(args)
     data = open_registry(args.registry).load_artifact(args.model_version)
     when = datetime.now(UTC)
     if args.dry_run:

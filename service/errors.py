@@ -8,6 +8,7 @@ Hierarchy::
     ├── Unauthorized          missing or wrong API key / admin token
     ├── AdminDisabled         no admin token configured
     ├── NotFound, MethodNotAllowed
+    ├── Conflict              the resource's state forbids it (a retrain already runs, ...)
     ├── NotReady              no model loaded yet (or the backend does not answer)
     └── BackendUnavailable    the backend failed while scoring (502)
         ├── BackendBusy       throttled or briefly unavailable (503)
@@ -75,6 +76,12 @@ class NotFound(ServiceError):
     code = "not_found"
 
 
+class Conflict(ServiceError):
+    """The request is valid but the resource's current state forbids it."""
+
+    code = "conflict"
+
+
 class MethodNotAllowed(ServiceError):
     """The route exists but not with this method."""
 
@@ -116,6 +123,7 @@ STATUS: Mapping[type[ServiceError], int] = {
     AdminDisabled: 403,
     NotFound: 404,
     MethodNotAllowed: 405,
+    Conflict: 409,
     NotReady: 503,
     BackendUnavailable: 502,
     BackendBusy: 503,

@@ -33,14 +33,19 @@ from service.errors import (
     error_headers,
     status_of,
 )
+from service.jobs import JobManager
 from service.logs import AccessLog
 from service.metrics import ServiceMetrics
 from service.model_state import ModelHolder, RegistryWatcher
 from service.schemas import Transaction
 from service.settings import Settings
+from training.errors import FraudscoreError
+from training.promotion import PromotionGate
 from training.registry import Registry, open_registry
 
 VERSION = "0.1.0"
+# How often each replica looks for jobs abandoned by a dead runner (anywhere).
+JOB_RECOVERY_INTERVAL_S = 10.0
 DESCRIPTION = """\
 Scores card transactions against a K-Means model with learned per-cluster thresholds.
 
@@ -70,11 +75,13 @@ def create_app(
     registry: Registry | None = None,
     backend: ClusterBackend | None = None,
     access_log: AccessLog | None = None,
+    jobs: JobManager | None = None,
 ) -> FrontDoor:
     """The ASGI application: the FastAPI app behind the front door, wired to one registry.
 
     ``registry`` and ``backend`` default to the ones ``settings`` name; tests pass fakes.
     Access lines go to ``access_log`` (default: stderr) when ``settings.access_log`` is on.
+    ``jobs`` runs admin jobs (default: runner processes on this machine).
     """
     if access_log is None and settings.access_log:
         access_log = AccessLog()
@@ -85,6 +92,15 @@ def create_app(
         if backend.blocking
         else None
     )
+    if jobs is None:
+        jobs = JobManager(
+            registry,
+            gate=PromotionGate(
+                max_msd_increase=settings.promotion_max_msd_increase,
+                alert_rate_tolerance=settings.promotion_alert_rate_tolerance,
+            ),
+            stale_after_s=settings.job_stale_s,
+        )
     metrics = ServiceMetrics()
     holder = ModelHolder()
     watcher = RegistryWatcher(
@@ -110,12 +126,16 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(watcher.refresh)
+        await asyncio.to_thread(_recover_jobs, jobs)
         if holder.current is None:
             log.warning("not ready", extra={"reason": holder.problem})
         # What exists now lives as long as the process: keep the cyclic GC off it.
         gc.collect()
         gc.freeze()
-        tasks = [asyncio.create_task(watcher.run())]
+        tasks = [
+            asyncio.create_task(watcher.run()),
+            asyncio.create_task(_recover_jobs_every(jobs, JOB_RECOVERY_INTERVAL_S)),
+        ]
         if access_log is not None:
             tasks.append(asyncio.create_task(_flush_every_second(access_log)))
         try:
@@ -128,6 +148,7 @@ def create_app(
                     await task
             if access_log is not None:
                 access_log.flush()
+            await asyncio.to_thread(jobs.shutdown)
             if executor is not None:
                 executor.shutdown(wait=False, cancel_futures=True)
 
@@ -144,6 +165,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.registry = registry
+    app.state.jobs = jobs
     app.state.holder = holder
     app.state.watcher = watcher
     app.state.dataplane = dataplane
@@ -188,6 +210,21 @@ def _backend(settings: Settings) -> ClusterBackend:
     return SageMakerBackend(client, settings.endpoint_name or "", fallback=settings.fallback)
 
 
+def _recover_jobs(jobs: JobManager) -> None:
+    """Fail abandoned jobs; a storage hiccup is logged, never fatal to serving."""
+    try:
+        jobs.recover()
+    except FraudscoreError as exc:
+        log.warning("job recovery failed", extra={"reason": str(exc)})
+
+
+async def _recover_jobs_every(jobs: JobManager, interval_s: float) -> None:
+    """Find jobs whose runner died on any replica (their heartbeat stops)."""
+    while True:
+        await asyncio.sleep(interval_s)
+        await asyncio.to_thread(_recover_jobs, jobs)
+
+
 async def _flush_every_second(access_log: AccessLog) -> None:
     """Buffered access lines reach the log within about a second."""
     while True:
@@ -226,6 +263,10 @@ def _install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
             error: ServiceError = NotFound(f"no route {request.url.path}")
         elif exc.status_code == 405:
             error = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+        elif exc.status_code == 400:
+            # FastAPI's answer to a body it cannot parse: the same 422 as every bad body.
+            error = InvalidRequest("the body is not valid JSON", [("body", str(exc.detail))])
+            return respond(request, error)
         else:
             error = ServiceError(str(exc.detail))
         response = respond(request, error)

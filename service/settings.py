@@ -33,6 +33,19 @@ class Settings(BaseSettings):
     workers: Annotated[int, Field(ge=1, le=64)] = 1
     """Worker processes; each holds its own copy of the model."""
 
+    job_stale_s: Annotated[float, Field(gt=0.0, le=86_400.0)] = 30.0
+    """An admin job whose runner has not beaten its heartbeat for this long is marked failed
+    (by any replica sharing the registry)."""
+
+    promotion_max_msd_increase: Annotated[float, Field(ge=0.0, le=10.0)] = 0.10
+    """Auto promotion gate: a retrained model's ``test:msd`` may exceed the active model's by
+    at most this fraction (same features only)."""
+
+    promotion_alert_rate_tolerance: Annotated[float, Field(ge=0.0, le=10.0)] = 1.0
+    """Auto promotion gate: the calibrated alert rate (on the held-out rows) must be within
+    this fraction of the rate the threshold policy aims for (1.0: at most twice the aim; a
+    held-out split of a few thousand rows measures a 1 % rate only to about +-30 %)."""
+
     backend: Literal["local", "sagemaker"] = "local"
     """Where the nearest cluster is found: ``local`` (centroids in process) or ``sagemaker``."""
 

@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import logging
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,9 +31,15 @@ from training.hyperparameters import KMeansHyperparameters, parse_hyperparameter
 from training.kmeans import REFINE_PASSES, KMeansResult, array_batches, assign, fit_kmeans
 from training.parameter_ranges import DEFAULT_PARAMETER_RANGES, RANGE_KINDS
 from training.registry import Registry
+from training.s3_upload import DEFAULT_PART_SIZE
 from training.sagemaker_deploy import deploy
 from training.sagemaker_requests import SageMakerConfig
-from training.sagemaker_training import SageMakerModel, train_on_sagemaker, training_plan
+from training.sagemaker_training import (
+    SageMakerModel,
+    csv_size,
+    train_on_sagemaker,
+    training_plan,
+)
 from training.sagemaker_tuning import TuningProgress
 from training.thresholds import ThresholdPolicy, Thresholds
 from training.tuning import TuningConfig, TuningResult, tune
@@ -42,6 +48,9 @@ log = logging.getLogger(__name__)
 
 # Rows per array slice handed to the trainer and to assignment; independent of the CSV chunk.
 ARRAY_BATCH_ROWS = 65_536
+
+# Told of each step of a run: (step name, details such as trials done / total / best msd).
+ProgressHook = Callable[[str, Mapping[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,8 @@ class TrainRequest:
     activate: bool = True
     # Train (tune) on SageMaker instead of in process, and optionally deploy there.
     sagemaker: SageMakerTarget | None = None
+    # Called at each step and after each tuning trial (admin jobs record it as progress).
+    on_progress: ProgressHook | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +89,7 @@ class SageMakerTarget:
     config: SageMakerConfig
     endpoint_name: str | None = None  # deploy the winner there before registering it
     poll_s: float = 60.0
+    part_size: int = DEFAULT_PART_SIZE  # of the splits' upload; S3 needs >= 5 MiB
 
 
 @dataclass(frozen=True)
@@ -105,6 +117,8 @@ class _Split:
 def train(request: TrainRequest, registry: Registry, *, progress: bool = False) -> TrainOutcome:
     """Train, calibrate and register a model from a CSV file; activate it if asked."""
     path = request.data
+    step = request.on_progress or _no_progress
+    step("reading data", {})
     spec, skipped, stratify, schema = _prepare(request)
     split = _pass_one(request, schema, spec, stratify, progress=progress)
     fitted = split.spec
@@ -132,6 +146,7 @@ def train(request: TrainRequest, registry: Registry, *, progress: bool = False) 
         )
         tuning: TuningResult | None = None
         source: dict[str, str] = {"kind": "local"}
+        step("tuning" if request.tune or request.sagemaker is not None else "training", {})
         if request.sagemaker is not None:
             remote = _on_sagemaker(request, request.sagemaker, x_train, x_test)
             hyperparameters = parse_hyperparameters(
@@ -157,6 +172,7 @@ def train(request: TrainRequest, registry: Registry, *, progress: bool = False) 
             metrics = {name: float(value) for name, value in result.metrics.items()}
         del x_train, x_test
 
+    step("calibrating", {})
     version = registry.new_model_version()
     shares = weights / max(float(weights.sum()), 1.0)
     thresholds = calibrate(
@@ -205,6 +221,7 @@ def train(request: TrainRequest, registry: Registry, *, progress: bool = False) 
             model=deployment.model_name,
         )
         manifest = dataclasses.replace(manifest, source=source)
+    step("registering", {"model_version": version})
     registry.save_model(
         manifest,
         centroids,
@@ -234,11 +251,13 @@ def sagemaker_plan(
     *,
     endpoint_name: str | None = None,
     progress: bool = False,
+    part_size: int = DEFAULT_PART_SIZE,
 ) -> list[dict[str, Any]]:
     """The requests a SageMaker run of ``request`` would send, in order, without AWS.
 
-    Reads the data once (to fit the feature spec, which fixes ``feature_dim``) and checks
-    it as a real run would.
+    Reads the data twice, as a real run does: pass one checks it and fits the feature spec
+    (which fixes ``feature_dim``); the second measures the transformed splits as CSV, which
+    decides between one PutObject and a multipart upload for each. Nothing is stored.
     """
     spec, _, stratify, schema = _prepare(request)
     split = _pass_one(request, schema, spec, stratify, progress=progress)
@@ -247,13 +266,40 @@ def sagemaker_plan(
         k=request.k,
         feature_dim=split.spec.feature_dim,
         rows={"train": split.train_rows, "test": split.test_rows},
+        sizes=_csv_sizes(request, schema, split.spec, stratify, progress=progress),
         when=datetime.now(UTC),
         parameter_ranges=request.parameter_ranges,
         max_jobs=request.max_jobs,
         max_parallel=request.max_parallel,
         strategy=request.strategy,
         endpoint_name=endpoint_name,
+        part_size=part_size,
     )
+
+
+def _csv_sizes(
+    request: TrainRequest,
+    schema: CsvSchema,
+    spec: FeatureSpec,
+    stratify: str | None,
+    *,
+    progress: bool,
+) -> dict[str, int]:
+    """Bytes of each transformed split as CSV, the split as in pass two, nothing kept.
+
+    Row order (pass two shuffles the train rows in each chunk) does not change the size.
+    """
+    splitter = StratifiedSplitter(request.test_fraction, seed=request.seed)
+    sizes = {"train": 0, "test": 0}
+    with tqdm(desc="measure splits", unit=" rows", disable=not progress, leave=False) as bar:
+        for columns, _ in _chunks(request, schema):
+            n = len(next(iter(columns.values())))
+            test = splitter.assign(columns[stratify] if stratify else None, n)
+            x = np.asarray(spec.transform(columns).X, dtype=np.float64)
+            sizes["train"] += csv_size(x[~test])
+            sizes["test"] += csv_size(x[test])
+            bar.update(n)
+    return sizes
 
 
 def _prepare(request: TrainRequest) -> tuple[FeatureSpec, dict[str, str], str | None, CsvSchema]:
@@ -452,7 +498,13 @@ def _tune(
         strategy=request.strategy,  # type: ignore[arg-type]
         seed=request.seed,
     )
-    return tune(train_path, test_path, config, show_progress=progress)
+    hook = request.on_progress
+
+    def on_trial(done: int, total: int, best: float | None) -> None:
+        if hook is not None:
+            hook("tuning", {"trials_done": done, "trials_total": total, "best_test_msd": best})
+
+    return tune(train_path, test_path, config, show_progress=progress, on_trial=on_trial)
 
 
 def _tuned_names(request: TrainRequest) -> set[str]:
@@ -484,6 +536,16 @@ def _on_sagemaker(
     def report(p: TuningProgress) -> None:
         best = "-" if p.best_msd is None else f"{p.best_msd:.6g}"
         log.info("tuning %s: %d/%d trials done, best test:msd %s", p.status, p.done, p.total, best)
+        if request.on_progress is not None:
+            request.on_progress(
+                "tuning",
+                {
+                    "trials_done": p.done,
+                    "trials_total": p.total,
+                    "best_test_msd": p.best_msd,
+                    "tuning_job_name": p.job_name,
+                },
+            )
 
     return train_on_sagemaker(
         target.sagemaker,
@@ -499,6 +561,7 @@ def _on_sagemaker(
         strategy=request.strategy,
         poll_s=target.poll_s,
         progress=report,
+        part_size=target.part_size,
     )
 
 
@@ -542,3 +605,7 @@ def _sha256(path: Path) -> str:
 def _now() -> str:
     """Current UTC time, ISO 8601 with seconds."""
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _no_progress(_step: str, _details: Mapping[str, Any]) -> None:
+    """The default progress hook: nothing to tell."""

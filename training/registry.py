@@ -6,8 +6,10 @@ Layout (the same for a local directory and an S3 prefix)::
     models/<model_version>/model.tar.gz        SageMaker K-Means artifact (training.artifact)
     models/<model_version>/calibration.npz     held-out (cluster, distance[, label]) sample
     models/<model_version>/thresholds/<n>.json thresholds versions 1, 2, ...
-    ACTIVE                                     {"model_version": ..., "thresholds_version": ...}
-    jobs/<job_id>.json                         admin job records (reserved)
+    ACTIVE                                     {"model_version": ..., "thresholds_version": ...,
+                                                "activation": n}
+    activations/<n>.json                       every change of ACTIVE (training.activations)
+    jobs/<job_id>.json                         admin job records (training.jobs)
 
 Every reader raises :class:`BundleError` (bad content) or :class:`RegistryError` (missing
 version, bad pointer, storage failure) naming the file.
@@ -30,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 from botocore.exceptions import BotoCoreError
 
+from training.activations import Activation, load_activation, record_activation
 from training.artifact import read_model_tar, write_model_tar
 from training.bundle import (
     MODEL_VERSION_PATTERN,
@@ -49,6 +52,8 @@ JOBS_PREFIX = "jobs/"
 _THRESHOLDS_FILE = re.compile(r"([1-9][0-9]*)\.json")
 # How many existing versions an "unknown version" message lists.
 _LISTED_VERSIONS = 10
+# Attempts at taking the next thresholds number when another writer keeps winning the race.
+_CREATE_ATTEMPTS = 20
 
 
 @dataclass(frozen=True)
@@ -57,10 +62,19 @@ class ActivePointer:
 
     model_version: str
     thresholds_version: int
+    # The activation record that set this pointer (None for pointers older than the history).
+    # Not part of equality: what is served depends only on the two versions.
+    activation: int | None = dataclasses.field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The content of ``ACTIVE``."""
-        return {"model_version": self.model_version, "thresholds_version": self.thresholds_version}
+        out: dict[str, Any] = {
+            "model_version": self.model_version,
+            "thresholds_version": self.thresholds_version,
+        }
+        if self.activation is not None:
+            out["activation"] = self.activation
+        return out
 
 
 def _utc_now() -> datetime:
@@ -72,7 +86,6 @@ class Registry:
 
     active_key = ACTIVE_KEY
     models_prefix = MODELS_PREFIX
-    # Reserved for admin job records (jobs/<job_id>.json); no job code uses it yet.
     jobs_prefix = JOBS_PREFIX
 
     def __init__(
@@ -148,8 +161,8 @@ class Registry:
         """Store thresholds as the model's next version ``n`` and return the stored object.
 
         ``version`` is assigned here (the given one is ignored); ``created_at`` is set to now
-        when empty. Two processes saving at the same moment could pick the same ``n``:
-        thresholds are written by one admin job at a time.
+        when empty. The file is created exclusively, so two processes saving at the same
+        moment get two different numbers.
         """
         v = thresholds.model_version
         manifest = self.load_manifest(v)
@@ -162,32 +175,93 @@ class Registry:
             raise RegistryError(
                 f"thresholds parent version {thresholds.parent} does not exist for model {v}"
             )
-        version = (existing[-1] if existing else 0) + 1
-        stored = dataclasses.replace(
-            thresholds,
-            version=version,
-            created_at=thresholds.created_at or self._clock().isoformat(timespec="seconds"),
+        created_at = thresholds.created_at or self._clock().isoformat(timespec="seconds")
+        for _ in range(_CREATE_ATTEMPTS):
+            version = (existing[-1] if existing else 0) + 1
+            stored = dataclasses.replace(thresholds, version=version, created_at=created_at)
+            try:
+                text = json.dumps(stored.to_dict(), indent=2, allow_nan=False) + "\n"
+            except (TypeError, ValueError) as exc:
+                raise BundleError(
+                    f"thresholds for model {v} are not JSON-serialisable: {exc}"
+                ) from None
+            if self.storage.create(self._thresholds_key(v, version), text.encode()):
+                return stored
+            existing = self.list_thresholds(v)
+        raise RegistryError(
+            f"could not save thresholds for model {v}: other writers kept taking the number"
         )
-        try:
-            text = json.dumps(stored.to_dict(), indent=2, allow_nan=False) + "\n"
-        except (TypeError, ValueError) as exc:
-            raise BundleError(
-                f"thresholds for model {v} are not JSON-serialisable: {exc}"
-            ) from None
-        self.storage.write(self._thresholds_key(v, version), text.encode())
-        return stored
 
-    def activate(self, model_version: str, thresholds_version: int) -> ActivePointer:
-        """Point ``ACTIVE`` at a model and thresholds version, atomically.
+    def activate(
+        self,
+        model_version: str,
+        thresholds_version: int,
+        *,
+        action: str = "activate",
+        by: str | None = None,
+    ) -> ActivePointer:
+        """Point ``ACTIVE`` at a model and thresholds version, atomically, and record it.
 
         The whole bundle is loaded and validated first, so a broken version is never active.
+        The activation is recorded (``action``, who ``by``) before ``ACTIVE`` moves, so the
+        pointer never names a record that does not exist.
         """
         if type(thresholds_version) is not int:
             raise RegistryError(
                 f"thresholds version must be an integer, got {thresholds_version!r}"
             )
         self.load_bundle(model_version, thresholds_version)
-        pointer = ActivePointer(model_version, thresholds_version)
+        current = self.active()
+        record = record_activation(
+            self.storage,
+            model_version=model_version,
+            thresholds_version=thresholds_version,
+            action=action,
+            at=self._clock().isoformat(timespec="seconds"),
+            by=by,
+            previous=None if current is None else current.activation,
+        )
+        return self._point(record)
+
+    def rollback(self, *, by: str | None = None) -> tuple[ActivePointer, ActivePointer]:
+        """Go back to the activation before the current one; ``(from, to)`` pointers.
+
+        RegistryError when nothing is active or there is nothing earlier to go back to.
+        """
+        current = self.active()
+        if current is None:
+            raise RegistryError(f"nothing to roll back: {self._name()} has no active model")
+        if current.activation is None:
+            raise RegistryError(
+                f"cannot roll back {current.model_version} thresholds "
+                f"v{current.thresholds_version}: it was activated before activations were "
+                "recorded; promote the version you want instead"
+            )
+        entry = load_activation(self.storage, current.activation, where=self.location)
+        if entry.previous is None:
+            raise RegistryError(
+                f"nothing to roll back to: {current.model_version} thresholds "
+                f"v{current.thresholds_version} is the first activation recorded"
+            )
+        target = load_activation(self.storage, entry.previous, where=self.location)
+        self.load_bundle(target.model_version, target.thresholds_version)
+        record = record_activation(
+            self.storage,
+            model_version=target.model_version,
+            thresholds_version=target.thresholds_version,
+            action="rollback",
+            at=self._clock().isoformat(timespec="seconds"),
+            by=by,
+            previous=target.previous,
+        )
+        return current, self._point(record)
+
+    def activation(self, number: int) -> Activation:
+        """Activation record ``number``."""
+        return load_activation(self.storage, number, where=self.location)
+
+    def _point(self, record: Activation) -> ActivePointer:
+        pointer = ActivePointer(record.model_version, record.thresholds_version, record.number)
         self.storage.write(ACTIVE_KEY, (json.dumps(pointer.to_dict(), indent=2) + "\n").encode())
         return pointer
 
@@ -275,7 +349,10 @@ class Registry:
             raise RegistryError(f"{where}: invalid model_version {model_version!r}")
         if type(thresholds_version) is not int or thresholds_version < 1:
             raise RegistryError(f"{where}: invalid thresholds_version {thresholds_version!r}")
-        return ActivePointer(model_version, thresholds_version)
+        activation = data.get("activation")
+        if activation is not None and (type(activation) is not int or activation < 1):
+            raise RegistryError(f"{where}: invalid activation {activation!r}")
+        return ActivePointer(model_version, thresholds_version, activation)
 
     # -- helpers --------------------------------------------------------------------------
 

@@ -15,6 +15,8 @@ from training.storage import TEMP_PREFIX, KeyList, MissingKeyError, validate_key
 
 # Codes S3 uses for an absent object: GET says NoSuchKey; HEAD has no body, so only the status.
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+# Codes of a conditional create that lost: the object exists, or another writer is mid-race.
+_EXISTS_CODES = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict"})
 
 
 class S3Storage:
@@ -84,6 +86,34 @@ class S3Storage:
             )
         except (ClientError, BotoCoreError) as exc:
             _fail(self.where(key), "write", exc)
+
+    def create(self, key: str, data: bytes) -> bool:
+        """Put the object only if absent (S3 conditional write, ``If-None-Match: *``)."""
+        object_key = self._object_key(key)
+        try:
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=object_key,
+                Body=data,
+                IfNoneMatch="*",
+                ServerSideEncryption="aws:kms",
+                SSEKMSKeyId=self.kms_key_id,
+                BucketKeyEnabled=True,
+            )
+        except (ClientError, BotoCoreError) as exc:
+            # 412: the key exists. 409: a concurrent conditional write to the key won the race.
+            if _error_code(exc) in _EXISTS_CODES:
+                return False
+            _fail(self.where(key), "create", exc)
+        return True
+
+    def delete(self, key: str) -> None:
+        """Delete the object (S3 answers success for a missing key too)."""
+        object_key = self._object_key(key)
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=object_key)
+        except (ClientError, BotoCoreError) as exc:
+            _fail(self.where(key), "delete", exc)
 
     def exists(self, key: str) -> bool:
         """Whether the object exists."""

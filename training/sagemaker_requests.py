@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -128,16 +128,53 @@ def tags(config: SageMakerConfig, name: str) -> list[dict[str, str]]:
     return [{"Key": k, "Value": v} for k, v in merged.items()]
 
 
-def put_object(config: SageMakerConfig, key: str, body: Any) -> dict[str, Any]:
-    """``PutObject`` into the configured bucket, SSE-KMS under the key (bucket key on)."""
+def _sse_kms(config: SageMakerConfig) -> dict[str, Any]:
+    """The encryption of every object written: SSE-KMS under the key, bucket key on."""
     return {
-        "Bucket": config.bucket,
-        "Key": key,
-        "Body": body,
         "ServerSideEncryption": "aws:kms",
         "SSEKMSKeyId": config.kms_key_id,
         "BucketKeyEnabled": True,
     }
+
+
+def put_object(config: SageMakerConfig, key: str, body: Any) -> dict[str, Any]:
+    """``PutObject`` into the configured bucket, SSE-KMS under the key (bucket key on)."""
+    return {"Bucket": config.bucket, "Key": key, "Body": body, **_sse_kms(config)}
+
+
+def create_multipart_upload(config: SageMakerConfig, key: str) -> dict[str, Any]:
+    """``CreateMultipartUpload`` in the configured bucket; its parts inherit the SSE-KMS."""
+    return {"Bucket": config.bucket, "Key": key, **_sse_kms(config)}
+
+
+def upload_part(
+    config: SageMakerConfig, key: str, upload_id: str, part_number: int, body: Any
+) -> dict[str, Any]:
+    """``UploadPart`` number ``part_number`` (1-based) of a multipart upload."""
+    return {
+        "Bucket": config.bucket,
+        "Key": key,
+        "UploadId": upload_id,
+        "PartNumber": part_number,
+        "Body": body,
+    }
+
+
+def complete_multipart_upload(
+    config: SageMakerConfig, key: str, upload_id: str, parts: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """``CompleteMultipartUpload`` from the uploaded parts' ``PartNumber`` and ``ETag``."""
+    return {
+        "Bucket": config.bucket,
+        "Key": key,
+        "UploadId": upload_id,
+        "MultipartUpload": {"Parts": [dict(part) for part in parts]},
+    }
+
+
+def abort_multipart_upload(config: SageMakerConfig, key: str, upload_id: str) -> dict[str, Any]:
+    """``AbortMultipartUpload``: S3 drops the parts uploaded so far."""
+    return {"Bucket": config.bucket, "Key": key, "UploadId": upload_id}
 
 
 def _vpc(config: SageMakerConfig) -> dict[str, Any]:
@@ -318,32 +355,74 @@ def _checked(name: str) -> str:
     return name
 
 
-# Where each required setting comes from (the FRAUDSCORE_* names of ARCHITECTURE.md).
-ENVIRONMENT = {
-    "region": "FRAUDSCORE_AWS_REGION",
-    "bucket": "FRAUDSCORE_S3_BUCKET",
-    "prefix": "FRAUDSCORE_S3_PREFIX",
-    "role_arn": "FRAUDSCORE_SAGEMAKER_ROLE_ARN",
-    "kms_key_id": "FRAUDSCORE_KMS_KEY_ID",
-}
+@dataclass(frozen=True)
+class Setting:
+    """One AWS setting: its config field, what it is (for messages) and its variable."""
+
+    field: str
+    what: str
+    variable: str
+
+
+# Where each setting comes from (the FRAUDSCORE_* names of ARCHITECTURE.md); all but the
+# prefix are required.
+SETTINGS = (
+    Setting("region", "AWS region", "FRAUDSCORE_AWS_REGION"),
+    Setting("bucket", "S3 bucket", "FRAUDSCORE_S3_BUCKET"),
+    Setting("prefix", "S3 prefix", "FRAUDSCORE_S3_PREFIX"),
+    Setting("role_arn", "SageMaker execution role", "FRAUDSCORE_SAGEMAKER_ROLE_ARN"),
+    Setting("kms_key_id", "KMS key", "FRAUDSCORE_KMS_KEY_ID"),
+)
+TAGS_VARIABLE = "FRAUDSCORE_TAGS"
+DEFAULT_PREFIX = "fraudscore"
 DEFAULT_TAGS = {"Project": "fraudscore", "ManagedBy": "fraudscore"}
 
 
-def config_from_environment(environ: Mapping[str, str]) -> SageMakerConfig:
-    """A config from ``FRAUDSCORE_*`` variables; SageMakerConfigError naming a missing one."""
+class MissingSettingError(SageMakerConfigError):
+    """A required AWS setting has no value; ``setting`` says which."""
+
+    def __init__(self, setting: Setting) -> None:
+        self.setting = setting
+        super().__init__(f"missing {setting.what}: {setting.variable} is not set")
+
+
+def config_from_settings(
+    environ: Mapping[str, str],
+    given: Mapping[str, str | None] | None = None,
+    *,
+    tags: Mapping[str, str] | None = None,
+) -> SageMakerConfig:
+    """A config from explicit values over ``FRAUDSCORE_*`` variables.
+
+    ``given`` maps config fields (``bucket``, ``role_arn``, ...) to values, ``None`` meaning
+    "not given"; ``tags`` are merged over ``FRAUDSCORE_TAGS`` (or the default tags).
+    MissingSettingError names the first required setting without a value.
+    """
+    given = given or {}
     values: dict[str, Any] = {}
-    for name, variable in ENVIRONMENT.items():
-        value = environ.get(variable, "").strip()
-        if not value and name != "prefix":
-            raise SageMakerConfigError(f"{variable} is not set")
-        values[name] = value or "fraudscore"
-    raw_tags = environ.get("FRAUDSCORE_TAGS", "").strip()
+    for setting in SETTINGS:
+        explicit = given.get(setting.field)
+        value = (explicit if explicit is not None else environ.get(setting.variable, "")).strip()
+        if not value and setting.field != "prefix":
+            raise MissingSettingError(setting)
+        values[setting.field] = value or DEFAULT_PREFIX
+    return SageMakerConfig(tags={**_environment_tags(environ), **(tags or {})}, **values)
+
+
+def config_from_environment(environ: Mapping[str, str]) -> SageMakerConfig:
+    """A config from ``FRAUDSCORE_*`` variables alone; SageMakerConfigError naming a missing one."""
+    return config_from_settings(environ)
+
+
+def _environment_tags(environ: Mapping[str, str]) -> dict[str, str]:
+    """``FRAUDSCORE_TAGS`` (a JSON object of strings), or the default tags when unset."""
+    raw = environ.get(TAGS_VARIABLE, "").strip()
     try:
-        tags = json.loads(raw_tags) if raw_tags else dict(DEFAULT_TAGS)
+        tags = json.loads(raw) if raw else dict(DEFAULT_TAGS)
     except json.JSONDecodeError as exc:
-        raise SageMakerConfigError(f"FRAUDSCORE_TAGS is not JSON: {exc}") from None
+        raise SageMakerConfigError(f"{TAGS_VARIABLE} is not JSON: {exc}") from None
     if not isinstance(tags, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
     ):
-        raise SageMakerConfigError("FRAUDSCORE_TAGS must be a JSON object of strings")
-    return SageMakerConfig(tags=tags, **values)
+        raise SageMakerConfigError(f"{TAGS_VARIABLE} must be a JSON object of strings")
+    return tags

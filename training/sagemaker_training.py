@@ -1,17 +1,20 @@
 """Train on SageMaker: upload the transformed splits, tune, and fetch the best model.
 
-The splits are the pipeline's transformed train and test arrays, written as headerless CSV
-(``text/csv;label_size=0``) under ``<prefix>/data/<run>/`` with SSE-KMS. The tuning job
-minimises ``test:msd`` (see :mod:`training.sagemaker_requests`); the winner's
-``model.tar.gz`` is read back in SageMaker's artifact format, so the rest of the pipeline
-(calibration, registration) is the same as for a local model.
+The splits are the pipeline's transformed train and test arrays, streamed as headerless CSV
+(``text/csv;label_size=0``) to ``<prefix>/data/<run>/`` with SSE-KMS: one PutObject when a
+split fits in one part, else a multipart upload (:mod:`training.s3_upload`), so memory is
+bounded by the part size, not by the data. The tuning job minimises ``test:msd`` (see
+:mod:`training.sagemaker_requests`); the winner's ``model.tar.gz`` is read back in
+SageMaker's artifact format, so the rest of the pipeline (calibration, registration) is the
+same as for a local model.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -22,17 +25,29 @@ import numpy.typing as npt
 from training.artifact import read_model_tar
 from training.errors import TuningError
 from training.parameter_ranges import DEFAULT_PARAMETER_RANGES
+from training.s3_upload import (
+    DEFAULT_PART_SIZE,
+    UploadError,
+    part_size_for,
+    upload_plan,
+    upload_stream,
+)
 from training.sagemaker_requests import (
     TUNING_JOB_NAME_MAX,
     SageMakerConfig,
     create_hyper_parameter_tuning_job,
-    put_object,
     resource_name,
 )
 from training.sagemaker_tuning import BestModel, TuningProgress, best_model, wait_for_tuning_job
 
-# Rows per CSV piece while writing a split: bounded memory for the text.
-_ROWS_PER_PIECE = 65_536
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "test")
+# The longest "%.9g" value ("-1.23456789e-308") and its delimiter: bytes of CSV per cell at
+# most, which bounds a split's size before it is written.
+MAX_CELL_BYTES = 17
+# About this many bytes of CSV per piece handed to the upload.
+_PIECE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -53,12 +68,36 @@ class SageMakerModel:
         }
 
 
-def split_csv(x: npt.NDArray[np.floating[Any]]) -> bytes:
-    """A split as headerless CSV with float32 precision (what the container reads)."""
-    out = io.BytesIO()
-    for start in range(0, len(x), _ROWS_PER_PIECE):
-        np.savetxt(out, np.asarray(x[start : start + _ROWS_PER_PIECE]), delimiter=",", fmt="%.9g")
-    return out.getvalue()
+def csv_pieces(x: npt.NDArray[np.floating[Any]]) -> Iterator[bytes]:
+    """A split (rows x columns) as headerless CSV pieces of about 1 MiB.
+
+    Float32 precision, what the container reads. ``x`` may be memory-mapped: one slice of
+    rows is read at a time.
+    """
+    rows = max(1, _PIECE_BYTES // (MAX_CELL_BYTES * max(x.shape[1], 1)))
+    for start in range(0, len(x), rows):
+        out = io.BytesIO()
+        np.savetxt(out, np.asarray(x[start : start + rows]), delimiter=",", fmt="%.9g")
+        yield out.getvalue()
+
+
+def csv_size(x: npt.NDArray[np.floating[Any]]) -> int:
+    """Bytes of :func:`csv_pieces` of ``x``, without keeping them."""
+    return sum(len(piece) for piece in csv_pieces(x))
+
+
+def split_key(config: SageMakerConfig, name: str, split: str) -> str:
+    """A split's one object, under ``data/<name>/<split>/``, which is its channel."""
+    return config.s3_key("data", name, split, f"{split}.csv")
+
+
+def split_part_size(rows: int, columns: int, part_size: int = DEFAULT_PART_SIZE) -> int:
+    """The part size for a split of ``rows`` x ``columns`` values.
+
+    ``part_size``, or more when the largest CSV such a split can make would need more parts
+    than S3 allows (the real size is known only once it is written).
+    """
+    return part_size_for(rows * columns * MAX_CELL_BYTES, part_size)
 
 
 def tuning_job_name(config: SageMakerConfig, when: datetime) -> str:
@@ -66,24 +105,11 @@ def tuning_job_name(config: SageMakerConfig, when: datetime) -> str:
     return resource_name(config.name_prefix, "", when, limit=TUNING_JOB_NAME_MAX)
 
 
-def _run_requests(
-    config: SageMakerConfig,
-    name: str,
-    bodies: Mapping[str, Any],
-    *,
-    k: int,
-    feature_dim: int,
-    **search: Any,
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The two split uploads and the tuning job of run ``name`` (shared by run and plan).
-
-    Each split is one object under ``data/<name>/<split>/``, which is its channel.
-    """
-    uploads = [
-        put_object(config, config.s3_key("data", name, split, f"{split}.csv"), bodies[split])
-        for split in ("train", "test")
-    ]
-    tuning = create_hyper_parameter_tuning_job(
+def _tuning_request(
+    config: SageMakerConfig, name: str, *, k: int, feature_dim: int, **search: Any
+) -> dict[str, Any]:
+    """The tuning job of run ``name``, its channels the splits' folders (run and plan)."""
+    return create_hyper_parameter_tuning_job(
         config,
         name,
         k=k,
@@ -93,7 +119,6 @@ def _run_requests(
         output_uri=config.s3_uri("output"),
         **search,
     )
-    return uploads, tuning
 
 
 def training_plan(
@@ -102,23 +127,34 @@ def training_plan(
     k: int,
     feature_dim: int,
     rows: Mapping[str, int],
+    sizes: Mapping[str, int],
     when: datetime,
     parameter_ranges: Mapping[str, Any] = DEFAULT_PARAMETER_RANGES,
     max_jobs: int = 50,
     max_parallel: int = 2,
     strategy: str = "Bayesian",
     endpoint_name: str | None = None,
+    part_size: int = DEFAULT_PART_SIZE,
 ) -> list[dict[str, Any]]:
     """Every request :func:`train_on_sagemaker` (and the deployment) would send, in order.
 
-    Values known only at run time (the split bodies, the best job's artifact) are shown as
-    ``<...>`` placeholders.
+    ``rows`` and ``sizes`` are each split's rows and bytes of CSV (:func:`csv_size`): they
+    decide between one PutObject and a multipart upload, as in a real run. Values known only
+    at run time (bodies, upload ids, the best job's artifact) are ``<...>`` placeholders.
     """
     name = tuning_job_name(config, when)
-    uploads, tuning = _run_requests(
+    plan: list[dict[str, Any]] = []
+    for split in SPLITS:
+        plan += upload_plan(
+            config,
+            split_key(config, name, split),
+            size=sizes[split],
+            part_size=split_part_size(rows[split], feature_dim, part_size),
+            body=f"{rows[split]} transformed {split} rows as CSV",
+        )
+    tuning = _tuning_request(
         config,
         name,
-        {split: f"<{rows[split]} transformed {split} rows as CSV>" for split in ("train", "test")},
         k=k,
         feature_dim=feature_dim,
         parameter_ranges=parameter_ranges,
@@ -126,7 +162,6 @@ def training_plan(
         max_parallel=max_parallel,
         strategy=strategy,
     )
-    plan = [{"operation": "PutObject", "request": upload} for upload in uploads]
     plan.append({"operation": "CreateHyperParameterTuningJob", "request": tuning})
     artifact = config.s3_uri("output", "<best training job>", "output", "model.tar.gz")
     plan.append({"operation": "GetObject", "request": {"url": artifact}})
@@ -153,15 +188,20 @@ def train_on_sagemaker(
     poll_s: float = 60.0,
     progress: Callable[[TuningProgress], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    part_size: int = DEFAULT_PART_SIZE,
 ) -> SageMakerModel:
-    """Upload, tune and fetch the best centroids; TuningError naming the failed step."""
+    """Upload, tune and fetch the best centroids; TuningError naming the failed step.
+
+    ``part_size`` is the upload's part size (S3's minimum is 5 MiB; smaller only for tests).
+    """
     from botocore.exceptions import BotoCoreError, ClientError
 
     name = tuning_job_name(config, when)
-    uploads, request = _run_requests(
+    for split, x in zip(SPLITS, (x_train, x_test), strict=True):
+        upload_split(s3, config, name, split, x, part_size=part_size)
+    request = _tuning_request(
         config,
         name,
-        {"train": split_csv(x_train), "test": split_csv(x_test)},
         k=k,
         feature_dim=int(x_train.shape[1]),
         parameter_ranges=parameter_ranges,
@@ -169,12 +209,6 @@ def train_on_sagemaker(
         max_parallel=max_parallel,
         strategy=strategy,
     )
-    for split, upload in zip(("train", "test"), uploads, strict=True):
-        try:
-            s3.put_object(**upload)
-        except (ClientError, BotoCoreError) as exc:
-            where = f"s3://{upload['Bucket']}/{upload['Key']}"
-            raise TuningError(f"upload of the {split} split to {where} failed: {exc}") from None
     try:
         sagemaker.create_hyper_parameter_tuning_job(**request)
     except (ClientError, BotoCoreError) as exc:
@@ -190,3 +224,28 @@ def train_on_sagemaker(
     if centroids.shape[0] != k:
         raise TuningError(f"the best model has {centroids.shape[0]} centroids, expected k={k}")
     return SageMakerModel(centroids, best, name)
+
+
+def upload_split(
+    s3: Any,
+    config: SageMakerConfig,
+    name: str,
+    split: str,
+    x: npt.NDArray[np.floating[Any]],
+    *,
+    part_size: int = DEFAULT_PART_SIZE,
+) -> None:
+    """Stream one split as CSV to its channel; TuningError naming the split, step and key."""
+    rows, columns = x.shape
+    try:
+        uploaded = upload_stream(
+            s3,
+            config,
+            split_key(config, name, split),
+            csv_pieces(x),
+            part_size=split_part_size(rows, columns, part_size),
+        )
+    except UploadError as exc:
+        raise TuningError(f"upload of the {split} split: {exc}") from None
+    how = f"{uploaded.parts} parts" if uploaded.parts else "one request"
+    log.info("uploaded the %s split (%d bytes, %s) to %s", split, uploaded.size, how, uploaded.url)

@@ -24,6 +24,7 @@ class TuningProgress:
     done: int  # training jobs that ended (completed, failed or stopped)
     total: int
     best_msd: float | None
+    job_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ def progress_of(described: dict[str, Any]) -> TuningProgress:
         done=done,
         total=int(limits.get("MaxNumberOfTrainingJobs", 0)),
         best_msd=float(best["Value"]) if best else None,
+        job_name=str(described.get("HyperParameterTuningJobName", "")),
     )
 
 

@@ -49,6 +49,18 @@ class Storage(Protocol):
         """All keys starting with ``prefix`` (recursively), sorted."""
         ...
 
+    def create(self, key: str, data: bytes) -> bool:
+        """Create the object only if it does not exist yet; False (nothing written) if it does.
+
+        Atomic across processes and replicas: of two concurrent creates of one key, exactly
+        one returns True. Version numbers, job locks and activation records rely on it.
+        """
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove the object; a missing one is not an error."""
+        ...
+
 
 def validate_key(key: str, *, prefix: bool = False) -> None:
     """Reject keys that could leave the storage root: absolute, ``..``, empty parts.
@@ -119,6 +131,39 @@ class LocalStorage:
             _fsync_dir(path.parent)
         except OSError as exc:
             raise RegistryError(f"{path}: cannot write ({exc.strerror or exc})") from None
+
+    def create(self, key: str, data: bytes) -> bool:
+        """Write a temp file, then hard-link it to the target: the link fails if it exists.
+
+        The target appears complete or not at all, and only one of two racing creates wins.
+        """
+        path = self.path(key)
+        tmp = path.with_name(f"{TEMP_PREFIX}{secrets.token_hex(8)}-{path.name}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with open(tmp, "xb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            finally:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+            _fsync_dir(path.parent)
+        except OSError as exc:
+            raise RegistryError(f"{path}: cannot create ({exc.strerror or exc})") from None
+        return True
+
+    def delete(self, key: str) -> None:
+        """Unlink the file; a missing one is fine."""
+        path = self.path(key)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise RegistryError(f"{path}: cannot delete ({exc.strerror or exc})") from None
 
     def exists(self, key: str) -> bool:
         """Whether a file exists at ``key``."""

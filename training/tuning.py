@@ -41,6 +41,8 @@ from training.parameter_ranges import (
 Strategy = Literal["Bayesian", "Random"]
 # Runs one trial in a worker: (train .npy path, test .npy path, hyperparameters, seed) -> metrics.
 TrialFunction = Callable[[str, str, dict[str, str], int], Mapping[str, float]]
+# Progress of a search: (trials done, trials in all, best test:msd so far or None).
+TrialReport = Callable[[int, int, float | None], None]
 
 OBJECTIVE_TYPE = "Minimize"
 
@@ -97,6 +99,7 @@ def tune(
     *,
     show_progress: bool = True,
     trial_function: TrialFunction | None = None,
+    on_trial: TrialReport | None = None,
 ) -> TuningResult:
     """Search hyperparameters minimising test:msd, like a SageMaker tuning job, on this machine.
 
@@ -106,7 +109,8 @@ def tune(
     the order in which trials finish steers the sampler. A failed trial is recorded, not
     fatal (a worker killed outright, e.g. for memory, also fails the trials running beside
     it); TuningError if all fail. ``trial_function`` replaces the K-Means fit (tests); it must
-    be a module-level function so worker processes can unpickle it.
+    be a module-level function so worker processes can unpickle it. ``on_trial`` is called
+    after each finished trial with (trials done, trials in all, best test:msd so far or None).
     """
     ranges = parse_parameter_ranges(config.parameter_ranges, config.static_hyperparameters)
     _check_config(config, ranges)
@@ -126,6 +130,7 @@ def tune(
                 function=trial_function or _run_trial,
             ),
             show_progress=show_progress,
+            on_trial=on_trial,
         )
     finally:
         optuna.logging.set_verbosity(verbosity)
@@ -194,7 +199,9 @@ class _Trial:
     created: datetime
 
 
-def _run_trials(run: _Run, *, show_progress: bool) -> list[dict[str, Any]]:
+def _run_trials(
+    run: _Run, *, show_progress: bool, on_trial: TrialReport | None = None
+) -> list[dict[str, Any]]:
     """Ask, run and tell max_jobs trials, keeping at most max_parallel in flight."""
     config = run.config
     study = optuna.create_study(direction="minimize", sampler=_sampler(config))
@@ -251,6 +258,8 @@ def _run_trials(run: _Run, *, show_progress: bool) -> list[dict[str, Any]]:
                     f"best {OBJECTIVE_METRIC}={best:.6g}, failed={failed}", refresh=False
                 )
                 bar.update(1)
+                if on_trial is not None:
+                    on_trial(len(finished), config.max_jobs, None if math.isinf(best) else best)
     except BaseException:
         # Interrupted (Ctrl-C reaches the workers too): do not wait for running fits.
         pool.shutdown(wait=False, cancel_futures=True)

@@ -17,6 +17,7 @@ _DESCRIPTIONS = {
     401: "Missing or invalid credentials.",
     403: "Admin routes are disabled (no admin token configured).",
     404: "No such resource.",
+    409: "The resource's current state forbids this (e.g. a retrain is already running).",
     413: "The body or the batch is over the configured limit.",
     422: "The request is not valid; `details` names each bad field.",
     502: "The scoring backend failed (e.g. the SageMaker endpoint's model errored).",
@@ -39,6 +40,6 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return out
 
 
-def ok(model: Any, description: str) -> dict[int | str, dict[str, Any]]:
-    """The 200 entry, with the request id header."""
-    return {200: {"model": model, "description": description, "headers": _REQUEST_ID_HEADER}}
+def ok(model: Any, description: str, status: int = 200) -> dict[int | str, dict[str, Any]]:
+    """The success entry (200 unless told), with the request id header."""
+    return {status: {"model": model, "description": description, "headers": _REQUEST_ID_HEADER}}

@@ -47,7 +47,8 @@ def is_json_object(line: str) -> bool:
 
 def http_client(base_url: str, **kwargs: Any) -> httpx2.Client:
     """A client of the live server that ignores proxy variables of the environment."""
-    return httpx2.Client(base_url=base_url, timeout=10.0, trust_env=False, **kwargs)
+    kwargs.setdefault("timeout", 10.0)
+    return httpx2.Client(base_url=base_url, trust_env=False, **kwargs)
 
 
 @dataclass

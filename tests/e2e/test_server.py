@@ -275,7 +275,7 @@ def test_a_new_thresholds_version_is_swapped_in_while_serving(
     first_new = order.index(new)
     assert all(v == new for v in order[first_new:]), order
     loaded = server.wait_for_log("model loaded", thresholds_version=version)
-    assert loaded["replaced"] == {"model_version": old[0], "thresholds_version": old[1]}
+    assert versions(loaded["replaced"]) == old
     with http_client(server.base_url) as client:
         assert client.get("/readyz").json()["thresholds_version"] == version
 
@@ -329,7 +329,7 @@ def test_a_broken_version_is_refused_while_the_old_one_keeps_serving(
 
     refused = server.wait_for_log("model refused", **pointer)
     assert refused["level"] == "ERROR"
-    assert refused["serving"] == {"model_version": old[0], "thresholds_version": old[1]}
+    assert versions(refused["serving"]) == old
     assert refused["reason"]
     with http_client(server.base_url) as client:
         for i in range(5):
@@ -453,3 +453,8 @@ def test_two_workers_serve_and_sigterm_stops_them_all(registry: Registry, tmp_pa
         while left := [pid for pid, started in children.items() if _alive(pid, started)]:
             assert time.monotonic() < deadline, {pid: _cmdline(pid) for pid in left}
             time.sleep(0.05)
+
+
+def versions(pointer: dict[str, Any]) -> tuple[str, int]:
+    """The model and thresholds versions of a logged pointer (its activation number aside)."""
+    return pointer["model_version"], pointer["thresholds_version"]

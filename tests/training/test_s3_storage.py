@@ -204,6 +204,7 @@ def test_a_whole_registry_round_trip_on_s3(
     assert registry.activate(VERSION, stored.version).to_dict() == {
         "model_version": VERSION,
         "thresholds_version": 1,
+        "activation": 1,
     }
 
     # a second process sees the same registry
@@ -223,6 +224,7 @@ def test_a_whole_registry_round_trip_on_s3(
     model_dir = f"registry/models/{VERSION}"
     assert keys == [
         "registry/ACTIVE",
+        "registry/activations/000001.json",
         f"{model_dir}/calibration.npz",
         f"{model_dir}/manifest.json",
         f"{model_dir}/model.tar.gz",

@@ -258,3 +258,90 @@ def test_strategies_follow_sagemakers_rules() -> None:
     assert_valid("CreateHyperParameterTuningJob", hyperband)
     with pytest.raises(SageMakerConfigError, match="unknown tuning strategy"):
         tuning_request(strategy="Genetic")
+
+
+def assert_valid_s3(operation: str, request: dict[str, Any]) -> None:
+    """botocore's own parameter validation against the S3 service model."""
+    model = botocore.session.get_session().get_service_model("s3")
+    validate_parameters(request, model.operation_model(operation).input_shape)
+
+
+def test_every_object_write_is_sse_kms_under_the_key() -> None:
+    c = config()
+    sse = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": KEY, "BucketKeyEnabled": True}
+    put = req.put_object(c, "fraudscore/a.csv", b"1,2\n")
+    create = req.create_multipart_upload(c, "fraudscore/a.csv")
+    assert put == {"Bucket": "fraudscore-data", "Key": "fraudscore/a.csv", "Body": b"1,2\n", **sse}
+    assert create == {"Bucket": "fraudscore-data", "Key": "fraudscore/a.csv", **sse}
+    part = req.upload_part(c, "fraudscore/a.csv", "up-1", 2, b"x")
+    assert part == {
+        "Bucket": "fraudscore-data",
+        "Key": "fraudscore/a.csv",
+        "UploadId": "up-1",
+        "PartNumber": 2,
+        "Body": b"x",
+    }
+    parts = [{"PartNumber": 1, "ETag": '"a"'}, {"PartNumber": 2, "ETag": '"b"'}]
+    complete = req.complete_multipart_upload(c, "fraudscore/a.csv", "up-1", parts)
+    assert complete["MultipartUpload"] == {"Parts": parts}
+    abort = req.abort_multipart_upload(c, "fraudscore/a.csv", "up-1")
+    assert abort == {"Bucket": "fraudscore-data", "Key": "fraudscore/a.csv", "UploadId": "up-1"}
+    for operation, request in (
+        ("PutObject", put),
+        ("CreateMultipartUpload", create),
+        ("UploadPart", part),
+        ("CompleteMultipartUpload", complete),
+        ("AbortMultipartUpload", abort),
+    ):
+        assert_valid_s3(operation, request)
+
+
+ENV = {
+    "FRAUDSCORE_AWS_REGION": "eu-west-1",
+    "FRAUDSCORE_S3_BUCKET": "env-bucket",
+    "FRAUDSCORE_S3_PREFIX": "env-prefix",
+    "FRAUDSCORE_SAGEMAKER_ROLE_ARN": ROLE,
+    "FRAUDSCORE_KMS_KEY_ID": KEY,
+    "FRAUDSCORE_TAGS": json.dumps({"Project": "fraudscore", "Owner": "env-team"}),
+}
+
+
+def test_given_values_override_the_environment_and_tags_merge_over_it() -> None:
+    given = {"region": "us-east-1", "bucket": "flag-bucket", "prefix": None, "role_arn": None}
+    c = req.config_from_settings(ENV, given, tags={"Owner": "flag-team", "CostCenter": "cc-1"})
+    assert (c.region, c.bucket, c.prefix, c.role_arn, c.kms_key_id) == (
+        "us-east-1",
+        "flag-bucket",
+        "env-prefix",
+        ROLE,
+        KEY,
+    )
+    assert c.tags == {"Project": "fraudscore", "Owner": "flag-team", "CostCenter": "cc-1"}
+
+
+def test_without_the_environment_every_value_can_be_given() -> None:
+    given = {"region": "us-east-1", "bucket": "b", "role_arn": ROLE, "kms_key_id": KEY}
+    c = req.config_from_settings({}, given, tags={"Owner": "me"})
+    assert c.prefix == "fraudscore"
+    assert c.tags == {**req.DEFAULT_TAGS, "Owner": "me"}
+    assert req.config_from_environment(ENV).bucket == "env-bucket"
+
+
+@pytest.mark.parametrize("setting", [s for s in req.SETTINGS if s.field != "prefix"])
+def test_a_missing_setting_names_its_variable(setting: req.Setting) -> None:
+    env = {k: v for k, v in ENV.items() if k != setting.variable}
+    with pytest.raises(req.MissingSettingError) as caught:
+        req.config_from_settings(env, {setting.field: None})
+    assert caught.value.setting == setting
+    assert str(caught.value) == f"missing {setting.what}: {setting.variable} is not set"
+    with pytest.raises(req.MissingSettingError):
+        req.config_from_settings(ENV, {setting.field: " "})  # given but blank: not a value
+
+
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [("{not json", "FRAUDSCORE_TAGS is not JSON"), ('["a"]', "a JSON object of strings")],
+)
+def test_bad_environment_tags_are_named(raw: str, words: str) -> None:
+    with pytest.raises(SageMakerConfigError, match=words):
+        req.config_from_settings({**ENV, "FRAUDSCORE_TAGS": raw})
