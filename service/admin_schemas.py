@@ -50,6 +50,11 @@ class RetrainRequest(BaseModel):
     """Search hyperparameters; without it one model is trained with defaults."""
     promotion: Literal["auto", "manual"] = "auto"
     """``auto``: activate if the promotion gate passes; ``manual``: register only."""
+    endpoint_name: Annotated[
+        str | None, Field(strict=True, pattern=r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+    ] = None
+    """With auto promotion: deploy the new model to this SageMaker endpoint (blue/green)
+    before activating it, for replicas serving with ``backend=sagemaker``."""
 
 
 class JobView(BaseModel):

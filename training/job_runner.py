@@ -193,9 +193,18 @@ def retrain(registry: Registry, runner: Runner) -> dict[str, Any]:
     active_manifest = None if active is None else registry.load_manifest(active.model_version)
     decision = evaluate(gate, manifest, thresholds, active_manifest)
     promoted, reason = False, "promotion is manual: promote the version when ready"
+    deployed: dict[str, str] | None = None
     if params.get("promotion", "auto") == "auto":
         if decision.passed:
             with runner.commit():
+                endpoint = params.get("endpoint_name")
+                if endpoint:
+                    # The endpoint must serve the new model before ACTIVE names it, or the
+                    # replicas' parity check would (rightly) refuse it.
+                    runner.report("deploying", {"endpoint_name": endpoint})
+                    deployed = _deploy(
+                        registry, manifest, str(endpoint), float(params.get("poll_s", 30.0))
+                    )
                 runner.report("promoting", {})
                 registry.activate(
                     manifest.model_version,
@@ -215,6 +224,44 @@ def retrain(registry: Registry, runner: Runner) -> dict[str, Any]:
         "gate": decision.to_dict(),
         "promoted": promoted,
         "reason": reason,
+        "deployment": deployed,
+    }
+
+
+def _deploy(registry: Registry, manifest: Any, endpoint: str, poll_s: float) -> dict[str, str]:
+    """Put the model on the SageMaker endpoint (blue/green), from S3 or the registry."""
+    import boto3
+
+    from training.sagemaker_deploy import deploy, deploy_version
+    from training.sagemaker_requests import config_from_environment
+
+    config = config_from_environment(os.environ)
+    sagemaker = boto3.client("sagemaker", region_name=config.region)
+    when = datetime.now(UTC)
+    model_data_url = manifest.source.get("model_data_url")
+    if model_data_url:
+        done = deploy(
+            sagemaker,
+            config,
+            model_data_url=str(model_data_url),
+            endpoint_name=endpoint,
+            when=when,
+            poll_s=poll_s,
+        )
+    else:
+        done = deploy_version(
+            boto3.client("s3", region_name=config.region),
+            sagemaker,
+            config,
+            manifest.model_version,
+            registry.load_artifact(manifest.model_version),
+            endpoint_name=endpoint,
+            when=when,
+        )
+    return {
+        "endpoint": done.endpoint_name,
+        "endpoint_config": done.endpoint_config_name,
+        "model": done.model_name,
     }
 
 

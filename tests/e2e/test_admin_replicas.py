@@ -245,3 +245,41 @@ def test_replicas_on_an_s3_registry_follow_promote_recalibrate_and_rollback(
         original.thresholds_version + 1,
     )
     assert max(first, second, third) <= CONVERGE_S, (first, second, third)
+
+
+def test_a_job_whose_service_was_killed_ends_failed_and_frees_the_lock(
+    registry: Registry, data_file: Path, tmp_path: Path
+) -> None:
+    before = registry.active()
+    body = {
+        "data": str(data_file),
+        "features": DEMO_FEATURES,
+        "k": 6,
+        "tuning": {"max_jobs": 500, "max_parallel": 1},
+    }
+    with running_server(registry.location, tmp_path / "a", env=ENV) as a:
+        started = admin(a, "POST", "/admin/retrain", json=body)
+        assert started.status_code == 202, started.text
+        job_id = started.json()["job_id"]
+        deadline = time.monotonic() + 60
+        while admin(a, "GET", f"/admin/jobs/{job_id}").json()["state"] != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        a.process.kill()  # the service only: the job process runs in its own session
+        a.process.wait(timeout=10)
+    with running_server(registry.location, tmp_path / "b", env=ENV) as b:
+        deadline = time.monotonic() + 15
+        while (job := admin(b, "GET", f"/admin/jobs/{job_id}").json())["state"] == "running":
+            assert time.monotonic() < deadline, job
+            time.sleep(0.1)
+        assert job["state"] == "failed", job
+        assert "stopped" in job["error"] or "gone" in job["error"], job["error"]
+        again = admin(b, "POST", "/admin/retrain", json={**body, "tuning": None})
+        assert again.status_code == 202, again.text
+        # the killed job never touched ACTIVE; the next one promoted its own model
+        assert registry.active() == before
+        finished = wait_for_job(b, again.json()["job_id"])
+        assert finished["state"] == "succeeded", finished
+    pointer = registry.active()
+    assert pointer is not None
+    assert pointer.model_version == finished["result"]["model_version"]

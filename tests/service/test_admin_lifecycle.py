@@ -207,6 +207,15 @@ def test_a_second_retrain_is_refused_naming_the_running_one_and_cancel_frees_it(
 
     running = wait_for_job(admin, first["job_id"], "running")
     assert running["owner"].rpartition(":")[2].isdigit()  # host:pid of the job process
+    # progress: trials done out of the total, and the best test:msd so far
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while running["progress"].get("trials_done", 0) < 1:
+        assert time.monotonic() < deadline, running
+        time.sleep(0.1)
+        running = admin.get(f"/admin/jobs/{first['job_id']}", headers=AUTH).json()
+    assert running["step"] == "tuning"
+    assert running["progress"]["trials_total"] == 200
+    assert running["progress"]["best_test_msd"] > 0
     cancelled = admin.post(f"/admin/jobs/{first['job_id']}/cancel", headers=AUTH)
     assert cancelled.status_code == 200, cancelled.text
     assert cancelled.json()["state"] == "cancelled"
