@@ -42,10 +42,22 @@ class JobCancelled(Exception):
 class Runner:
     """Keeps one job's record: heartbeat, progress, cancel and end state."""
 
-    def __init__(self, store: JobStore, record: JobRecord, *, heartbeat_s: float = HEARTBEAT_S):
+    def __init__(
+        self,
+        store: JobStore,
+        record: JobRecord,
+        *,
+        heartbeat_s: float = HEARTBEAT_S,
+        stop_tuning: Callable[[str], str] | None = None,
+        stop_process: Callable[[], None] | None = None,
+    ) -> None:
         self.store = store
         self.record = record
         self.heartbeat_s = heartbeat_s
+        # Injected by tests; by default a cancel stops the SageMaker tuning job through boto3
+        # and then this process group.
+        self._stop_tuning = stop_tuning or _stop_tuning_job
+        self._stop_process = stop_process or _stop_this_process_group
         self._lock = threading.Lock()
         self._committing = False
         self._stop = threading.Event()
@@ -115,13 +127,13 @@ class Runner:
                 mark = None if self._committing else self.store.cancel_requested(self.record.job_id)
                 if mark is not None:
                     self._cancel_locked(mark)
-                    _stop_this_process_group()
+                    self._stop_process()
                     return
                 if os.getppid() != self._parent:
                     self._end_locked(
                         "failed", error=f"{self.record.step}: the process that started it stopped"
                     )
-                    _stop_this_process_group()
+                    self._stop_process()
                     return
                 now = datetime.now(UTC).isoformat(timespec="milliseconds")
                 self.record = self.store.save(replace(self.record, heartbeat_at=now))
@@ -131,7 +143,7 @@ class Runner:
         tuning_job = self.record.progress.get("tuning_job_name")
         result: dict[str, Any] = {"cancelled_by": mark.get("by")}
         if tuning_job and self.record.params.get("mode") == "sagemaker":
-            result["tuning_job"] = _stop_tuning_job(str(tuning_job))
+            result["tuning_job"] = self._stop_tuning(str(tuning_job))
         self._end_locked("cancelled", result=result)
 
     def _end(self, state: Any, **kwargs: Any) -> None:
