@@ -34,6 +34,7 @@ from schemathesis.specs.openapi.schemas import OpenApiSchema
 from service.main import create_app
 from service.schemas import ErrorBody, ScoreResponse, Transaction
 from service.settings import Settings
+from tests.conftest import FAKE_AWS
 from tests.e2e.live_server import (
     POLL_INTERVAL_S,
     LiveServer,
@@ -245,6 +246,10 @@ def live_api(trained_registry: Path, tmp_path_factory: pytest.TempPathFactory) -
         "FRAUDSCORE_POLL_INTERVAL_S": str(POLL_INTERVAL_S),
         "FRAUDSCORE_MAX_BATCH": str(LIVE_MAX_BATCH),
         "FRAUDSCORE_ADMIN_TOKEN": ADMIN_TOKEN,
+        # Generated retrains may name s3:// data: fake credentials and an endpoint that
+        # refuses at once, so nothing can reach a real account.
+        **FAKE_AWS,
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
     }
     with running_server(root / "registry", root / "logs", env=env) as server:
         schema = schemathesis.openapi.from_url(f"{server.base_url}/openapi.json", timeout=10)
