@@ -1,10 +1,37 @@
-"""Playing SageMaker's part where moto does not: trials of a tuning job."""
+"""moto in server mode for tests, and SageMaker's part where moto does not play it."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import requests
+from moto.server import ThreadedMotoServer
+
 from training.sagemaker_requests import image_uri
+
+
+@contextmanager
+def moto_server_on_loopback() -> Iterator[str]:
+    """A moto server on 127.0.0.1 with an empty account; yields its URL, stops it after.
+
+    Every moto server in one process shares moto's backends, so the account is
+    reset on the way in and out: otherwise a resource another test created (an
+    endpoint, a bucket) changes what this test's calls do.
+    """
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    try:
+        requests.post(f"{url}/moto-api/reset", timeout=10).raise_for_status()
+        yield url
+    finally:
+        requests.post(f"{url}/moto-api/reset", timeout=10)
+        server.stop()
 
 
 def create_trial_job(sagemaker: Any, job: str, definition: dict[str, Any], region: str) -> None:

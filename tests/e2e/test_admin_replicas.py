@@ -21,9 +21,9 @@ from typing import Any
 import boto3
 import httpx2
 import pytest
-from moto.server import ThreadedMotoServer
 
 from service.schemas import TRANSACTION_EXAMPLE
+from tests.aws_fakes import moto_server_on_loopback
 from tests.e2e.live_server import POLL_INTERVAL_S, LiveServer, http_client, running_server
 from training.demo import DEMO_FEATURES, LABEL_COLUMN, DemoConfig, generate, write_csv
 from training.registry import Registry, open_registry
@@ -187,18 +187,11 @@ def test_two_replicas_score_without_errors_through_the_whole_lifecycle(
 @pytest.fixture
 def moto_s3(fake_aws: None) -> Iterator[tuple[str, str]]:  # noqa: ARG001 - fake credentials first
     """A moto server on 127.0.0.1 with a bucket and a KMS key: (endpoint URL, key id)."""
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    try:
+    with moto_server_on_loopback() as url:
         s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=url)
         s3.create_bucket(Bucket="fraudscore-registry")
         kms = boto3.client("kms", region_name="us-east-1", endpoint_url=url)
         yield url, kms.create_key()["KeyMetadata"]["KeyId"]
-    finally:
-        server.stop()
 
 
 def test_replicas_on_an_s3_registry_follow_promote_recalibrate_and_rollback(

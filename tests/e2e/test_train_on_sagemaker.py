@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,8 @@ import boto3
 import numpy as np
 import pytest
 from moto.sagemaker.responses import SageMakerResponse
-from moto.server import ThreadedMotoServer
 
-from tests.aws_fakes import create_trial_job, name_best
+from tests.aws_fakes import create_trial_job, moto_server_on_loopback, name_best
 from tests.test_cli_deploy import AWS_ENV, run_cli
 from training.artifact import write_model_tar
 from training.demo import DEMO_FEATURES, DemoConfig, generate, write_csv
@@ -38,14 +36,8 @@ pytestmark = pytest.mark.usefixtures("fake_aws")
 
 @pytest.fixture
 def moto_server() -> Iterator[str]:
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+    with moto_server_on_loopback() as url:
+        yield url
 
 
 def client(service: str, url: str) -> Any:
