@@ -216,6 +216,8 @@ def _recover_jobs(jobs: JobManager) -> None:
         jobs.recover()
     except FraudscoreError as exc:
         log.warning("job recovery failed", extra={"reason": str(exc)})
+    except Exception:
+        log.exception("job recovery failed unexpectedly")
 
 
 async def _recover_jobs_every(jobs: JobManager, interval_s: float) -> None:

@@ -257,6 +257,20 @@ def iter_chunks(
         raise DataError("no data rows", file=where)
 
 
+def check_binary_labels(chunk: Chunk, column: str, *, file: str) -> npt.NDArray[np.bool_]:
+    """The chunk's label column as booleans; :class:`DataError` at its first value not 0 or 1."""
+    values = chunk.columns[column]
+    bad = np.flatnonzero((values != 0) & (values != 1))
+    if bad.size:
+        raise DataError(
+            f"label must be 0 or 1, got {float(values[bad[0]])!r}",
+            file=file,
+            column=column,
+            row=chunk.first_row + int(bad[0]),
+        )
+    return np.asarray(values == 1)
+
+
 def require_columns(header: Sequence[str], names: Sequence[str], *, file: str) -> None:
     """DataError naming the first of ``names`` that ``header`` lacks (and the others)."""
     missing = [name for name in names if name not in header]

@@ -14,11 +14,13 @@ host) or its heartbeat is older than ``stale_after``; it is marked failed and it
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import secrets
 import socket
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -35,6 +37,7 @@ JOB_KINDS = ("retrain",)
 JOBS_PREFIX = "jobs/"
 JobList = list["JobRecord"]  # a method named `list` shadows the builtin inside JobStore
 JOB_ID_PATTERN = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}")
+_ACQUIRE_ATTEMPTS = 6
 _RECORD_FILE = re.compile(r"jobs/([0-9]{8}T[0-9]{6}Z-[0-9a-f]{8})\.json")
 
 
@@ -221,21 +224,42 @@ class JobStore:
     def acquire(self, kind: str, job_id: str) -> str | None:
         """Take the kind's lock for ``job_id``; None when taken, else the holder's job id.
 
-        A lock whose holder has finished (or vanished) is stale and taken over.
+        A lock whose holder has finished (or vanished, or whose record is unreadable) is
+        stale and taken over. Takeover is exclusive: of several replicas that find the same
+        stale lock, only the one that creates its takeover mark deletes it; the others
+        retry and find the new holder.
         """
         key = self._lock_key(kind)
-        for _ in range(3):
+        for attempt in range(_ACQUIRE_ATTEMPTS):
+            if attempt:
+                time.sleep(0.02 * attempt)
             if self.storage.create(key, json.dumps({"job_id": job_id}).encode()):
                 return None
-            holder = self._lock_holder(key)
-            if holder is not None:
-                try:
-                    if not self.load(holder).finished:
-                        return holder
-                except JobNotFound:
-                    pass
-            self.storage.delete(key)
+            raw = self._read_lock(key)
+            if raw is None:
+                continue  # released since our create: try again, never delete a lock unseen
+            holder = _holder_of(raw)
+            if holder and self._holder_running(holder):
+                return holder
+            # Job ids are never reused, so one mark per stale holder (per unreadable content)
+            # names exactly the lock that was seen, not one taken since.
+            seen = holder or "unreadable-" + hashlib.sha256(raw).hexdigest()[:12]
+            mark = f"{key}.takeover-{seen}"
+            if self.storage.create(mark, json.dumps({"by": job_id}).encode()):
+                self.storage.delete(key)
         raise RegistryError(f"could not take the {kind} lock: it keeps changing hands")
+
+    def _holder_running(self, holder: str) -> bool:
+        try:
+            return not self.load(holder).finished
+        except (JobNotFound, BundleError):
+            return False  # vanished or unreadable: nobody can be running it
+
+    def _read_lock(self, key: str) -> bytes | None:
+        try:
+            return self.storage.read(key)
+        except MissingKeyError:
+            return None
 
     def release(self, kind: str, job_id: str) -> None:
         """Free the kind's lock if ``job_id`` holds it."""
@@ -286,9 +310,13 @@ class JobStore:
                 continue
             # A live runner beats every second or so: a stale heartbeat is a dead runner even
             # when its pid exists (pids are reused, e.g. after a container restart).
+            beat = _aware_time(record.heartbeat_at)
             if alive(record.owner) is False:
                 why = f"its process {record.owner} is gone"
-            elif now - datetime.fromisoformat(record.heartbeat_at) > stale_after:
+            elif beat is None:
+                # Hand-edited or written by another version: nobody can prove it is alive.
+                why = f"its heartbeat {record.heartbeat_at!r} is not a time with an offset"
+            elif now - beat > stale_after:
                 why = f"no heartbeat since {record.heartbeat_at}"
             else:
                 continue
@@ -311,14 +339,8 @@ class JobStore:
         return f"{JOBS_PREFIX}locks/{kind}"
 
     def _lock_holder(self, key: str) -> str | None:
-        try:
-            data = json.loads(self.storage.read(key))
-        except MissingKeyError:
-            return None
-        except ValueError:
-            return ""
-        holder = data.get("job_id") if isinstance(data, dict) else None
-        return holder if isinstance(holder, str) else ""
+        raw = self._read_lock(key)
+        return None if raw is None else _holder_of(raw)
 
     def _where(self, key: str) -> str:
         return f"{self.location.rstrip('/')}/{key}" if self.location else key
@@ -336,6 +358,25 @@ def local_process_alive(owner: str) -> bool | None:
     except PermissionError:
         return True
     return True
+
+
+def _aware_time(text: str) -> datetime | None:
+    """An ISO time with a UTC offset, or None when ``text`` is not one."""
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else None
+
+
+def _holder_of(raw: bytes) -> str:
+    """The job id a lock's content names; "" when it names none readable."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return ""
+    holder = data.get("job_id") if isinstance(data, dict) else None
+    return holder if isinstance(holder, str) else ""
 
 
 def _encode(record: JobRecord) -> bytes:

@@ -24,7 +24,14 @@ from tqdm import tqdm
 
 from training.bundle import SCHEMA_VERSION, CalibrationSample, Manifest
 from training.calibration import calibrate, label_report
-from training.data import CsvSchema, StratifiedSplitter, infer_schema, iter_chunks, read_header
+from training.data import (
+    CsvSchema,
+    StratifiedSplitter,
+    check_binary_labels,
+    infer_schema,
+    iter_chunks,
+    read_header,
+)
 from training.errors import DataError, SpecError, TuningError
 from training.features import CategoricalField, FeatureFitter, FeatureSpec
 from training.hyperparameters import KMeansHyperparameters, parse_hyperparameters
@@ -364,15 +371,7 @@ def _chunks(
         request.data, schema, chunk_rows=request.chunk_rows, extra_numeric=extra
     ):
         if label is not None:
-            values = chunk.columns[label]
-            bad = np.flatnonzero((values != 0) & (values != 1))
-            if bad.size:
-                raise DataError(
-                    f"label must be 0 or 1, got {values[bad[0]]!r}",
-                    file=str(request.data),
-                    column=label,
-                    row=chunk.first_row + int(bad[0]),
-                )
+            check_binary_labels(chunk, label, file=str(request.data))
         yield chunk.columns, chunk.first_row
 
 

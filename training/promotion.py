@@ -106,7 +106,17 @@ def evaluate(
     return GateDecision(passed, checks)
 
 
+# Refitted on every retrain; everything else about a field decides what a distance means.
+_FITTED_STATISTICS = frozenset({"center", "spread"})
+
+
 def _same_features(a: Manifest, b: Manifest) -> bool:
-    fields_a = [f.get("name") for f in a.feature_spec.get("fields", [])]
-    fields_b = [f.get("name") for f in b.feature_spec.get("fields", [])]
-    return a.feature_dim == b.feature_dim and fields_a == fields_b
+    """Whether distances of both models are in the same units (fitted statistics aside)."""
+
+    def definitions(manifest: Manifest) -> list[dict[str, Any]]:
+        return [
+            {key: value for key, value in field.items() if key not in _FITTED_STATISTICS}
+            for field in manifest.feature_spec.get("fields", [])
+        ]
+
+    return a.feature_dim == b.feature_dim and definitions(a) == definitions(b)

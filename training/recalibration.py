@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from training.calibration import average_precision, calibrate
-from training.data import iter_chunks
+from training.data import check_binary_labels, iter_chunks
 from training.errors import DataError, RegistryError
 from training.features import FeatureSpec
 from training.kmeans import NearestCentroids
@@ -113,16 +113,7 @@ def score_file(
     clusters, distances, labels = [], [], []
     for chunk in iter_chunks(path, spec.csv_schema(), chunk_rows=chunk_rows, extra_numeric=extra):
         if label_column is not None:
-            values = chunk.columns[label_column]
-            bad = np.flatnonzero((values != 0) & (values != 1))
-            if bad.size:
-                raise DataError(
-                    f"label must be 0 or 1, got {values[bad[0]]!r}",
-                    file=str(path),
-                    column=label_column,
-                    row=chunk.first_row + int(bad[0]),
-                )
-            labels.append(values == 1)
+            labels.append(check_binary_labels(chunk, label_column, file=str(path)))
         c, d = nearest.assign(spec.transform(chunk.columns).X)
         clusters.append(c)
         distances.append(d)
