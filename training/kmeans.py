@@ -50,8 +50,9 @@ HOST = "algo-1"
 REFINE_PASSES = 1
 """Default full-data Lloyd passes after the shrink (see the module docstring and benchmarks)."""
 
-# Rows per chunk in full passes: keeps the (rows x centres) distance block in cache-sized buffers.
-_CHUNK_ROWS = 16_384
+ASSIGN_CHUNK_ROWS = 16_384
+"""Rows per chunk in full passes and in ``NearestCentroids.assign``: keeps the (rows x
+centres) distance block in cache-sized buffers."""
 # Refinement (see _best_on_sample): uniform sample size (rows, at least so many per centre),
 # shrink results kept as candidates, Lloyd rounds on 1/_SELECT_DIVISOR of the sample before they
 # are compared, and finalists given _FINAL_ROUNDS on the whole sample. Chosen on the benchmark's
@@ -118,7 +119,7 @@ def fit_kmeans(
         return _rebatch(_checked(train(), hp.feature_dim, "training"), hp.mini_batch_size)
 
     def chunks() -> Iterator[FloatArray]:
-        return _split(_checked(train(), hp.feature_dim, "training"), _CHUNK_ROWS)
+        return _split(_checked(train(), hp.feature_dim, "training"), ASSIGN_CHUNK_ROWS)
 
     return _fit(minibatches, chunks, hp, seed, test, advance, refine_passes, None)
 
@@ -169,7 +170,7 @@ def fit_arrays(
             yield batch
 
     def chunks() -> Iterator[FloatArray]:
-        return _split([data], _CHUNK_ROWS)
+        return _split([data], ASSIGN_CHUNK_ROWS)
 
     test_source = None
     if test is not None:
@@ -208,13 +209,13 @@ class NearestCentroids:
             )
         if len(rows) == 1:
             return self._assign_one(rows)
-        if len(rows) <= _CHUNK_ROWS:
+        if len(rows) <= ASSIGN_CHUNK_ROWS:
             clusters, squared = self._nearest(rows)
         else:
             clusters = np.empty(len(rows), dtype=np.int64)
             squared = np.empty(len(rows), dtype=np.float64)
-            for start in range(0, len(rows), _CHUNK_ROWS):
-                stop = start + _CHUNK_ROWS
+            for start in range(0, len(rows), ASSIGN_CHUNK_ROWS):
+                stop = start + ASSIGN_CHUNK_ROWS
                 clusters[start:stop], squared[start:stop] = self._nearest(rows[start:stop])
         np.maximum(squared, 0.0, out=squared)
         return clusters, np.sqrt(squared, out=squared)
@@ -263,7 +264,7 @@ def evaluate(
     centres = np.asarray(centroids, dtype=np.float64)
     search = _Search(centres)
     total, rows = 0.0, 0
-    for chunk in _split(_checked(test(), centres.shape[1], "test"), _CHUNK_ROWS):
+    for chunk in _split(_checked(test(), centres.shape[1], "test"), ASSIGN_CHUNK_ROWS):
         total += float(search.nearest(chunk)[1].sum())
         rows += len(chunk)
     if rows == 0:
@@ -446,7 +447,7 @@ class _MiniBatchState:
         counts = np.zeros(len(self.centres))
         sums = np.zeros_like(self.centres)
         # Chunks bound the distance block when mini_batch_size is large; same centres throughout.
-        for chunk in _split([batch], _CHUNK_ROWS):
+        for chunk in _split([batch], ASSIGN_CHUNK_ROWS):
             chunk_counts, chunk_sums = self._search.sums(chunk)
             counts += chunk_counts
             sums += chunk_sums
@@ -843,8 +844,8 @@ def _checked_array(data: npt.ArrayLike, dim: int, what: str) -> FloatArray:
     _check_batch(array[:0] if array.ndim else array, dim, what, 1)
     if len(array) == 0:
         raise DataError(f"no {what} rows")
-    for start in range(0, len(array), _CHUNK_ROWS):
-        _check_batch(array[start : start + _CHUNK_ROWS], dim, what, start + 1)
+    for start in range(0, len(array), ASSIGN_CHUNK_ROWS):
+        _check_batch(array[start : start + ASSIGN_CHUNK_ROWS], dim, what, start + 1)
     return array
 
 

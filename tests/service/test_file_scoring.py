@@ -16,13 +16,14 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
 
-from service import file_scoring
+from service import block_scoring, column_verdicts, csv_output, file_scoring
 from service.file_scoring import OUTPUT_COLUMNS, score_file
 from service.scoring import ScoringModel, score_columns
 from tests.factories import make_thresholds
+from training import kmeans
 from training.demo import DEMO_FEATURES, DemoConfig, generate, write_csv
 from training.errors import DataError, SpecError
-from training.features import FeatureFitter, FeatureSpec, NumericField
+from training.features import CategoricalField, FeatureFitter, FeatureSpec, NumericField
 
 K = 8
 
@@ -343,9 +344,171 @@ def test_fast_path_refuses_what_it_cannot_copy_line_by_line(
         "merchant_risk",
         "note",
     ]
-    scorer = file_scoring._BatchScorer(model, header, "in.csv")
+    scorer = block_scoring.BlockScorer(model, header, "in.csv")
     good = '"tx-0",2026,1.5,"01","pos",3,1.0,1,0.1,"x"\n'
     assert scorer.score_lines(bytearray(good.encode())).rows == 1
     data = block.encode("latin-1" if "\xff" in block else "utf-8")
-    with pytest.raises(file_scoring._NotLines):
+    with pytest.raises(block_scoring.NotLines):
         scorer.score_lines(bytearray(good.encode() + data))
+    # A reused block: only its first ``size`` bytes are lines, whatever follows them.
+    assert scorer.score_lines(bytearray(good.encode() + data), len(good)).rows == 1
+
+
+def test_blocks_longer_than_a_scoring_block(model: ScoringModel, tmp_path: Path) -> None:
+    # Rows are scored and their text assembled BLOCK_ROWS at a time: cross those edges,
+    # with blocks of the file that end one row past one.
+    rows = 2 * column_verdicts.BLOCK_ROWS + 2
+    source = demo_csv(tmp_path / "in.csv", rows=rows)
+    for chunk_rows in (65_536, 5_000):
+        target = tmp_path / f"scored-{chunk_rows}.csv"
+        assert score_file(model, source, target, chunk_rows=chunk_rows).rows == rows
+        check_output(model, source, target)
+
+
+@pytest.mark.parametrize(
+    "edit", [None, lambda lines: "\r\n".join(lines) + "\r\n"], ids=["lines", "crlf"]
+)
+def test_a_last_row_searched_alone_as_score_columns_does(
+    model: ScoringModel, tmp_path: Path, edit: Any
+) -> None:
+    # NearestCentroids.assign searches its rows in chunks: a last chunk of one row is a
+    # product of one row, which rounds otherwise. The file's last block cannot know it is
+    # that row until the file is read: it is scored again.
+    rows = kmeans.ASSIGN_CHUNK_ROWS + 1
+    source = demo_csv(tmp_path / "in.csv", rows=rows)
+    if edit is not None:  # the general path
+        source = rewrite(source, tmp_path / "crlf.csv", edit)
+    for chunk_rows in (65_536, 5_000):
+        target = tmp_path / f"scored-{chunk_rows}.csv"
+        summary = score_file(model, source, target, chunk_rows=chunk_rows)
+        check_output(model, source, target)
+        assert summary.anomalous == int(expected(model, source)["anomalous"].sum())
+
+
+def test_a_file_of_one_row_is_scored_as_score_columns_does(
+    model: ScoringModel, tmp_path: Path
+) -> None:
+    # score_columns searches a batch of one row otherwise still (in plain Python).
+    for seed in range(5):
+        source = demo_csv(tmp_path / f"in-{seed}.csv", rows=1, seed=seed)
+        target = tmp_path / f"scored-{seed}.csv"
+        assert score_file(model, source, target).rows == 1
+        check_output(model, source, target)
+
+
+def test_zero_parts_and_unseen_categories_rank_as_score_columns(
+    model: ScoringModel, tmp_path: Path
+) -> None:
+    # Rows that are centroids: every part is 0, so no field may be named. One centroid has
+    # no channel at all, so an unseen channel there has a part of 0 and is still named.
+    table = generate(DemoConfig(rows=400, seed=7))
+    columns = {n: table.column(n).to_numpy(zero_copy_only=False) for n in table.column_names}
+    spec = model.spec
+    centroids = spec.transform(columns).X[::50].copy()
+    centroids[1, spec.field_slices["channel"]] = 0.0
+    k = len(centroids)
+    exact = ScoringModel(
+        model_version="m3",
+        thresholds_version=1,
+        spec=spec,
+        centroids=centroids,
+        thresholds=make_thresholds("m3", k, values=np.linspace(0.5, 1.5, k)),
+        typical=tuple(spec.typical_values(c) for c in centroids),
+    )
+    channels = columns["channel"].copy()
+    channels[1::50] = "phone"  # right after each centroid's row: the same row, unseen channel
+    table = table.set_column(4, "channel", pa.array(channels, type=pa.string()))
+    source = tmp_path / "in.csv"
+    write_csv(table.take(np.sort(np.r_[np.arange(400), np.arange(0, 400, 50)])), source)
+    target = tmp_path / "scored.csv"
+    score_file(exact, source, target)
+    check_output(exact, source, target)
+    reasons = {row[-1] for row in records(target)[1:]}
+    assert {"", "channel"} <= reasons
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[0.1, 1.0, 2.5e-300, 123456.789, 1 / 3], [1.5, np.inf, -np.inf, np.nan, 0.1]],
+    ids=["finite", "not-finite"],
+)
+def test_numbers_are_written_as_the_shortest_text_that_reads_back(values: list[float]) -> None:
+    # Finite numbers by orjson; any that is not (JSON has none) sends all through pyarrow.
+    numbers = np.array(values)
+    pieces = csv_output._number_pieces(numbers)
+    texts = [
+        bytes(pieces.data[s : s + n]).decode()
+        for s, n in zip(pieces.starts.tolist(), pieces.lengths.tolist(), strict=True)
+    ]
+    np.testing.assert_array_equal([float(t) for t in texts], numbers)
+    assert texts[:2] in (["0.1", "1.0"], ["1.5", "inf"])  # shortest: no trailing digits
+
+
+@pytest.mark.parametrize("size", [0, 1, 4, 11, 12, 13, 40])
+def test_views_hold_short_pieces_inline_and_point_at_long_ones(size: int) -> None:
+    data = bytes(range(33, 33 + 60)) * 2
+    starts = np.array([0, 7, len(data) - size, 50], dtype=np.int64)  # one ending the data
+    pieces = csv_output.Pieces(data, starts, np.full(len(starts), size, dtype=np.int64))
+    views = csv_output._views(pieces, 0)
+    array = pa.Array.from_buffers(
+        pa.binary_view(), len(views), [None, pa.py_buffer(views), pa.py_buffer(data)]
+    )
+    array.validate(full=True)
+    assert array.to_pylist() == [data[s : s + size] for s in starts.tolist()]
+    nothing = csv_output.Pieces(b"", np.zeros(2, np.int64), np.zeros(2, np.int64))
+    empty = pa.Array.from_buffers(
+        pa.binary_view(), 2, [None, pa.py_buffer(csv_output._views(nothing, 0))]
+    )
+    assert empty.to_pylist() == [b"", b""]
+
+
+@pytest.mark.parametrize("scan_bytes", [3, 1 << 18])
+def test_byte_positions_across_slices(monkeypatch: pytest.MonkeyPatch, scan_bytes: int) -> None:
+    monkeypatch.setattr(csv_output, "_SCAN_BYTES", scan_bytes)
+    data = b"a\nbc\n\n\nxyz\nq"
+    assert csv_output.byte_positions(data, ord("\n")).tolist() == [1, 4, 5, 6, 10]
+    assert csv_output.byte_positions(b"", ord("\n")).tolist() == []
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        (CategoricalField("channel", ("atm", "ecom")), CategoricalField("code", ("01",))),
+        (NumericField("amount", "log1p"),),
+    ],
+    ids=["categorical-only", "numeric-only"],
+)
+def test_models_of_one_kind_of_field(tmp_path: Path, fields: tuple[Any, ...]) -> None:
+    spec = FeatureSpec(fields, fitted=True)
+    centroids = np.eye(2, spec.feature_dim) if spec.feature_dim > 1 else np.array([[0.0], [2.0]])
+    model = ScoringModel(
+        model_version="m5",
+        thresholds_version=1,
+        spec=spec,
+        centroids=centroids,
+        thresholds=make_thresholds("m5", 2),
+        typical=tuple(spec.typical_values(c) for c in centroids),
+    )
+    source = tmp_path / "in.csv"
+    source.write_text(
+        "id,amount,channel,code\n1,5.5,atm,01\n2,-3,ecom,02\n3,0,pos,01\n4,12,atm,03\n"
+    )
+    target = tmp_path / "scored.csv"
+    score_file(model, source, target)
+    check_output(model, source, target)
+
+
+def test_rows_scored_one_by_one_or_together_agree(model: ScoringModel) -> None:
+    # A block of one row must not be a product of one row (BLAS rounds those otherwise).
+    table = generate(DemoConfig(rows=200, seed=11))
+    numbers = [
+        table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+        for name in model.spec._plan.numeric
+    ]
+    scorer = block_scoring.BlockScorer(model, table.column_names, "in.csv")
+    codes = scorer._codes(table, 0, lines=True)
+    together = scorer.columns.score(numbers, codes, 200)
+    for i in range(200):
+        alone = scorer.columns.score([v[i : i + 1] for v in numbers], codes[:, i : i + 1], 1)
+        assert alone.distance[0] == together.distance[i]
+        assert (alone.cluster[0], alone.reason[0]) == (together.cluster[i], together.reason[i])

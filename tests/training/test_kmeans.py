@@ -241,7 +241,7 @@ def test_assign_distances_are_euclidean_like_brute_force() -> None:
 
 def test_assign_large_inputs_are_chunked_consistently() -> None:
     rng = np.random.default_rng(10)
-    rows = rng.normal(size=(kmeans._CHUNK_ROWS * 2 + 5, 3))
+    rows = rng.normal(size=(kmeans.ASSIGN_CHUNK_ROWS * 2 + 5, 3))
     centroids = rng.normal(size=(4, 3))
     clusters, distances = assign(rows, centroids)
     head_clusters, head_distances = assign(rows[-5:], centroids)

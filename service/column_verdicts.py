@@ -1,0 +1,323 @@
+"""Verdicts for blocks of parsed columns, equal bit for bit to ``score_columns``' ones.
+
+:class:`ColumnScorer` computes a block's cluster, distance, score, anomalous flag and top
+reason, and nothing else: no reasons as objects, no shares. Every number that reaches the
+output comes from the same floating-point operations, on arrays of the same layout, as
+``FeatureSpec.transform``, ``NearestCentroids.assign``, ``judge`` and
+``ScoredBatch.top_reason``, so it is the same value; the work is done a cache-sized block
+of rows at a time in arrays each thread reuses.
+
+The top reason needs each field's part of the squared distance, ``(x_j - c_j)²`` summed over
+the field's columns. A numeric field has one column, so its part is that square exactly (the
+grouping product only adds zeros to it). A categorical field's part depends only on the
+row's cluster and category, so it is computed once per model, by the reference's own
+grouping product on one row per (cluster, category), and looked up; so is whether that
+field may be named. The top reason is then the first field with the largest part among
+those that may be named, as ``argmax`` picks it.
+
+BLAS computes each row of a product of several rows the same way whatever the others, but
+a product of one row with another routine, which rounds otherwise: no block of one row is
+scored here, but for a row that the reference searches on its own (:func:`lone_row`).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from service.scoring import ScoringModel
+from training.features import MAX_SCALED
+from training.kmeans import ASSIGN_CHUNK_ROWS
+from training.thresholds import judge
+
+# Rows scored at a time: few enough that their arrays stay in the CPU's caches, many enough
+# that each numpy call (and the hand-over of the GIL to another thread around it) does a
+# good amount of work. Measured on 1M rows with two scoring threads: 16384 over 8192.
+BLOCK_ROWS = 16_384
+# A block takes one more row rather than leave a last block of one (see _blocks).
+_MOST_ROWS = BLOCK_ROWS + 1
+
+
+@dataclass(frozen=True)
+class BlockVerdicts:
+    """A block's verdicts; ``reason`` is a field position, ``len(fields)`` for none."""
+
+    cluster: npt.NDArray[np.int64]
+    distance: npt.NDArray[np.float64]
+    score: npt.NDArray[np.float64]
+    anomalous: npt.NDArray[np.bool_]
+    reason: npt.NDArray[np.intp]
+
+
+class OutOfRange(Exception):
+    """A scaled value beyond ``MAX_SCALED``, which ``FeatureSpec.transform`` refuses."""
+
+    def __init__(self, index: int, field: int) -> None:
+        super().__init__(index, field)
+        self.index = index  # row in the block
+        self.field = field  # position in the feature plan's numeric fields
+
+
+class _Workspace:
+    """One thread's arrays for a block of up to _MOST_ROWS rows, reused from block to block."""
+
+    def __init__(self, fp: Any, k: int, n_fields: int) -> None:
+        rows, p = _MOST_ROWS, len(fp.numeric)
+        self.logged = np.empty((rows, p), dtype=np.float64)  # the reference's layout
+        self.scaled = np.empty((p, rows), dtype=np.float64)
+        self.sign = np.empty(rows, dtype=np.float64)
+        self.x = np.empty((rows, fp.dim), dtype=np.float64)
+        self.where = np.empty((len(fp.categorical), rows), dtype=np.intp)
+        self.block = np.empty((rows, k), dtype=np.float64)
+        self.labels = np.empty(rows, dtype=np.intp)
+        self.at = np.empty(rows, dtype=np.intp)
+        self.norms = np.empty(rows, dtype=np.float64)
+        self.centre = np.empty((p, rows), dtype=np.float64)
+        self.part = np.empty(rows, dtype=np.float64)
+        self.zero = np.empty(rows, dtype=np.bool_)
+        self.best = np.empty(rows, dtype=np.float64)
+        self.better = np.empty(rows, dtype=np.bool_)
+        # Field positions in the smallest unsigned type that holds "none" (len(fields)).
+        self.reason = np.empty(rows, dtype=np.min_scalar_type(n_fields))
+        self.step = np.empty(rows, dtype=self.reason.dtype)
+
+
+class ColumnScorer:
+    """Scores blocks of checked columns for one model; safe to call from several threads."""
+
+    def __init__(self, model: ScoringModel) -> None:
+        self.model = model
+        fp = model.spec._plan
+        plan = model._plan
+        self._fp = fp
+        self.n_fields = len(plan.fields)
+        k = model.k
+        # The assignment's operands, the very arrays NearestCentroids.assign uses; the
+        # centres' norms repeated per row so that adding them is one contiguous pass.
+        self._minus_two_t = plan.nearest._minus_two_t
+        self._centroid_norms = np.tile(plan.nearest._norms, _MOST_ROWS)
+        self._row_at = np.arange(0, _MOST_ROWS * k, k)  # each row's first value in a block
+        self._row_x = np.arange(0, _MOST_ROWS * fp.dim, fp.dim)
+        self._category_start = np.array(fp.category_start, dtype=np.intp)[:, None]
+        self._spread = np.asarray(fp.spread, dtype=np.float64)[:, None]  # per row of scaled
+        self._local = threading.local()
+        centroids = np.asarray(model.centroids, dtype=np.float64)
+        # Each cluster's centre in the numeric fields' columns, (p, k).
+        self._numeric_centres = np.ascontiguousarray(centroids[:, fp.numeric_at].T)
+        self._reasons: list[tuple[int, int, int, npt.NDArray[np.float64] | None]] = []
+        parts = _categorical_parts(model)
+        for f, name in enumerate(plan.fields):
+            if plan.numeric[f]:
+                self._reasons.append((f, fp.numeric.index(name), 0, None))
+                continue
+            i = fp.categorical.index(name)
+            part = parts[i]
+            codes = np.arange(-1, part.shape[1] - 1)
+            # ScoredBatch.eligible: a positive part and a category other than the cluster's
+            # usual one; always an unseen category (code -1, column 0).
+            eligible = part > 0.0
+            usual = plan.usual_column[plan.categorical_fields.index(f)]
+            if usual.size:
+                eligible &= codes[None, :] != (usual - fp.category_start[i])[:, None]
+            eligible[:, 0] = True
+            ranked = np.where(eligible, part, -1.0).reshape(-1)
+            self._reasons.append((f, i, part.shape[1], ranked))
+
+    def score(
+        self,
+        numbers: list[npt.NDArray[np.float64]],
+        codes: npt.NDArray[np.intp],
+        n: int,
+        *,
+        lone_last: bool = False,
+    ) -> BlockVerdicts:
+        """Verdicts for ``n`` rows: finite numbers in the feature plan's order, category codes.
+
+        ``codes`` is (categorical fields, n), -1 for a category not seen in training.
+        ``lone_last``: the last row is one that ``NearestCentroids.assign`` searches on its
+        own, the last of its rows when their number is one more than a multiple of its
+        chunk (:func:`lone_row`). Raises OutOfRange for the first value (by row) that
+        ``FeatureSpec.transform`` would refuse.
+        """
+        work: _Workspace | None = getattr(self._local, "work", None)
+        if work is None:
+            work = self._local.work = _Workspace(self._fp, self.model.k, self.n_fields)
+        cluster = np.empty(n, dtype=np.int64)
+        distance = np.empty(n, dtype=np.float64)
+        reason = np.empty(n, dtype=np.intp)
+        for lo, hi in _blocks(n, lone_last):
+            rows = [values[lo:hi] for values in numbers]
+            row_codes = codes[:, lo:hi]
+            found, best = distance[lo:hi], reason[lo:hi]
+            if hi - lo == 1 and not (lone_last and hi == n):
+                # A product of one row takes another BLAS routine (another rounding) than
+                # one of several, so the row goes with a copy of itself.
+                rows = [np.repeat(values, 2) for values in rows]
+                row_codes = np.repeat(row_codes, 2, axis=1)
+                found, best = np.empty(2, dtype=np.float64), np.empty(2, dtype=np.intp)
+            try:
+                scaled, x = self._vectors(work, rows, row_codes, len(found))
+            except OutOfRange as bad:
+                raise OutOfRange(lo + bad.index, bad.field) from None
+            labels = self._assign(work, x, found)
+            self._top_reason(work, scaled, row_codes, labels, best)
+            cluster[lo:hi] = labels[: hi - lo]
+            distance[lo:hi] = found[: hi - lo]
+            reason[lo:hi] = best[: hi - lo]
+        verdict = judge(self.model.thresholds, cluster, distance)
+        return BlockVerdicts(cluster, distance, verdict.score, verdict.anomalous, reason)
+
+    def _vectors(
+        self,
+        work: _Workspace,
+        numbers: list[npt.NDArray[np.float64]],
+        codes: npt.NDArray[np.intp],
+        m: int,
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """``FeatureSpec.transform`` of ``m`` rows: (scaled numbers, (p, m); vectors)."""
+        fp = self._fp
+        x = work.x[:m]
+        x.fill(0.0)
+        scaled = work.scaled[:, :m]
+        if fp.n_logged:
+            # training.features._signed_log1p: sign(x) * log1p(|x|). log1p, whose result
+            # may depend on the layout, runs on the same strided view as there; sign, abs,
+            # the product and the scaling are exact whatever the layout, so they run on
+            # contiguous columns.
+            logged = work.logged[:m, : fp.n_logged]
+            for j in range(fp.n_logged):
+                np.abs(numbers[j], out=logged[:, j])
+            np.log1p(logged, out=logged)
+            sign = work.sign[:m]
+            for j in range(fp.n_logged):
+                np.sign(numbers[j], out=sign)
+                np.multiply(logged[:, j], sign, out=scaled[j])
+        with np.errstate(over="ignore", invalid="ignore"):  # refused just below
+            for j, values in enumerate(numbers):  # (raw - center) / spread
+                np.subtract(values if j >= fp.n_logged else scaled[j], fp.center[j], out=scaled[j])
+            scaled /= self._spread
+        inside = not numbers or (scaled.max() <= MAX_SCALED and -scaled.min() <= MAX_SCALED)
+        if not inside:  # NaN is not inside either
+            bad = ~(np.abs(scaled) <= MAX_SCALED)
+            index = int(bad.any(axis=0).argmax())
+            raise OutOfRange(index, int(bad[:, index].argmax()))
+        for j, column in enumerate(fp.numeric_at):
+            x[:, column] = scaled[j]
+        if codes.size:  # one-hot: flat positions, as fancy 2-d indexing is slower
+            where = work.where[:, :m]
+            np.add(codes, self._category_start, out=where)
+            where += self._row_x[:m]
+            x.reshape(-1)[where.reshape(-1) if codes.min() >= 0 else where[codes >= 0]] = 1.0
+        return scaled, x
+
+    def _assign(
+        self, work: _Workspace, x: npt.NDArray[np.float64], distance: npt.NDArray[np.float64]
+    ) -> npt.NDArray[np.intp]:
+        """``NearestCentroids.assign``'s batch formula: clusters; distances into ``distance``."""
+        m = len(x)
+        block = np.matmul(x, self._minus_two_t, out=work.block[:m])
+        flat = block.reshape(-1)
+        np.add(flat, self._centroid_norms[: flat.size], out=flat)
+        labels = block.argmin(axis=1, out=work.labels[:m])
+        at = np.add(self._row_at[:m], labels, out=work.at[:m])
+        squared = np.take(flat, at, out=distance)
+        squared += np.einsum("ij,ij->i", x, x, out=work.norms[:m])
+        np.maximum(squared, 0.0, out=squared)
+        np.sqrt(squared, out=squared)
+        return labels
+
+    def _top_reason(
+        self,
+        work: _Workspace,
+        scaled: npt.NDArray[np.float64],
+        codes: npt.NDArray[np.intp],
+        labels: npt.NDArray[np.intp],
+        reason: npt.NDArray[np.intp],
+    ) -> None:
+        """``ScoredBatch.top_reason`` as field positions, into ``reason``."""
+        m = len(labels)
+        # The numeric fields' parts, (scaled - centre)², all at once.
+        parts = np.take(self._numeric_centres, labels, axis=1, out=work.centre[:, :m])
+        np.subtract(scaled, parts, out=parts)
+        np.multiply(parts, parts, out=parts)
+        best = work.best[:m]
+        best.fill(-1.0)  # below every part that may be named
+        top = work.reason[:m]
+        top.fill(self.n_fields)
+        better = work.better[:m]
+        step = work.step[:m]
+        for f, column, width, ranked in self._reasons:
+            if ranked is None:
+                part = parts[column]
+                # Named only if positive: a zero part ranks as -1.0, as never named.
+                part -= np.equal(part, 0.0, out=work.zero[:m])
+            else:
+                at = np.multiply(labels, width, out=work.at[:m])
+                at += codes[column]
+                at += 1
+                part = np.take(ranked, at, out=work.part[:m])
+            np.greater(part, best, out=better)  # strictly: the first largest wins, as argmax
+            np.maximum(best, part, out=best)
+            # top = f where better: top += better * (f - top), in unsigned (modular)
+            # arithmetic, branch-free where a masked copy is not.
+            np.subtract(top.dtype.type(f), top, out=step)
+            step *= better.view(np.uint8)
+            top += step
+        reason[:] = top
+
+
+def lone_row(rows: int) -> bool:
+    """Whether ``NearestCentroids.assign`` searches the last of ``rows`` rows on its own.
+
+    It searches rows in chunks of ``ASSIGN_CHUNK_ROWS``; a last chunk of one row is a product of
+    one row, which BLAS computes with another routine (and rounding) than a product of
+    several. (A batch of one row takes yet another path: see
+    :data:`service.block_scoring.Alone`.)
+    """
+    return rows > 1 and rows % ASSIGN_CHUNK_ROWS == 1
+
+
+def _blocks(n: int, lone_last: bool) -> list[tuple[int, int]]:
+    """(start, stop) of each block of rows to score: none of one row but a lone last row.
+
+    Blocks of BLOCK_ROWS rows, the last one taking one row more rather than leave one alone
+    (a product of one row rounds otherwise); with ``lone_last``, the last row alone.
+    """
+    end = n - 1 if lone_last else n
+    blocks = [(lo, min(lo + BLOCK_ROWS, end)) for lo in range(0, end, BLOCK_ROWS)]
+    if len(blocks) > 1 and blocks[-1][1] - blocks[-1][0] == 1:
+        blocks[-2:] = [(blocks[-2][0], end)]
+    if lone_last:
+        blocks.append((n - 1, n))
+    return blocks
+
+
+def _categorical_parts(model: ScoringModel) -> list[npt.NDArray[np.float64]]:
+    """Per categorical field, its part of the squared distance, (k, categories + 1).
+
+    Column 0 is an unseen category (all its columns 0), column c + 1 category c. Computed
+    as ``score_columns`` computes it, ``(diff * diff) @ group``, on rows that differ from
+    their cluster's centre in that field's columns only.
+    """
+    fp = model.spec._plan
+    plan = model._plan
+    centroids = np.asarray(model.centroids, dtype=np.float64)
+    k = len(centroids)
+    parts = []
+    for i, name in enumerate(fp.categorical):
+        f = plan.fields.index(name)
+        start = fp.category_start[i]
+        width = int(plan.group[:, f].sum()) + 1
+        centre = np.repeat(centroids, width, axis=0)
+        x = centre.copy()
+        x[:, start : start + width - 1] = np.tile(np.eye(width, width - 1, -1), (k, 1))
+        diff = x - centre
+        # Two rows at least: a product of one row may take another BLAS routine.
+        diff = np.vstack([diff, diff[:1]])
+        grouped = (diff * diff) @ plan.group
+        parts.append(np.ascontiguousarray(grouped[: k * width, f].reshape(k, width)))
+    return parts
