@@ -83,7 +83,37 @@ def test_thresholds_are_finite_positive_and_consistent(
         if counts[c]:
             assert t.alert_rates[c] == pytest.approx(flagged[clusters == c].mean())
     assert t.extra["realised_alert_rate"] == pytest.approx(flagged.mean())
+    # The score ranks like the decision: over 1 exactly when flagged, rare patterns at >= 1.
+    verdict = judge(t, clusters, distances)
+    rare_row = t.rare[clusters]
+    np.testing.assert_array_equal(verdict.anomalous[~rare_row], verdict.score[~rare_row] > 1.0)
+    assert np.all(verdict.anomalous[rare_row])
+    assert np.all(verdict.score[rare_row] >= 1.0)
     json.dumps(t.to_dict(), allow_nan=False)
+
+
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    scale=st.floats(1e-3, 1e3),
+    kind=st.sampled_from(["quantile", "target_alert_rate"]),
+)
+@settings(max_examples=40, deadline=None)
+def test_thresholds_follow_the_units_of_the_distances(seed: int, scale: float, kind: str) -> None:
+    clusters, distances, _ = _sample(seed, 3_000, 5)
+    shares = np.array([0.4, 0.3, 0.2, 0.097, 0.003])
+    value = 0.99 if kind == "quantile" else 0.01
+    policy = ThresholdPolicy(kind=kind, value=value)  # type: ignore[arg-type]
+    t, scaled = (
+        calibrate(clusters, d, cluster_shares=shares, policy=policy, model_version="m")
+        for d in (distances, distances * scale)
+    )
+    # Rescaling the feature space rescales every threshold and changes no score.
+    np.testing.assert_allclose(scaled.values, t.values * scale, rtol=1e-9)
+    np.testing.assert_allclose(
+        judge(scaled, clusters, distances * scale).score,
+        judge(t, clusters, distances).score,
+        rtol=1e-9,
+    )
 
 
 @given(
@@ -98,10 +128,11 @@ def test_realised_alert_rate_matches_the_target(seed: int, n: int, value: float)
     shares = np.bincount(clusters, minlength=5) / n
     policy = ThresholdPolicy(kind="target_alert_rate", value=value)
     t = calibrate(clusters, distances, cluster_shares=shares, policy=policy, model_version="m")
-    # Continuous distances: exactly round(rate * n) rows are flagged.
-    assert _realised(t, clusters, distances) == pytest.approx(
-        round(policy.expected_alert_rate * n) / n, abs=1e-12
-    )
+    # Continuous distances: the whole number of rows nearest to rate * n is flagged (either
+    # neighbour when rate * n ends in exactly one half).
+    flagged = _realised(t, clusters, distances) * n
+    assert flagged == pytest.approx(round(flagged), abs=1e-9)
+    assert abs(flagged - policy.expected_alert_rate * n) <= 0.5 + 1e-9
     assert t.extra["expected_alert_rate"] == pytest.approx(t.extra["realised_alert_rate"])
 
 
@@ -181,10 +212,46 @@ def test_quantile_policy_is_each_clusters_own_quantile(seed: int, value: float) 
     t = calibrate(clusters, distances, cluster_shares=shares, policy=policy, model_version="m")
     for c in range(4):
         own = distances[clusters == c]
-        assert t.values[c] == pytest.approx(np.quantile(own, value))
+        # Read at plotting positions i / (n + 1): what new rows exceed at 1 - quantile.
+        assert t.values[c] == pytest.approx(np.quantile(own, value, method="weibull"))
         # Every cluster alerts at about 1 - quantile, however wide it is.
         assert t.alert_rates[c] == pytest.approx(1.0 - value, abs=1.0 / own.size + 1e-9)
     assert t.extra["method"] == "per_cluster_quantile"
+
+
+def test_quantile_policy_alerts_new_rows_at_the_asked_rate() -> None:
+    # 60 held-out rows per cluster: too few to see a 0.99 quantile, enough to calibrate on.
+    value, k, n = 0.99, 4, 60
+    rates = []
+    for seed in range(300):
+        clusters, distances, shares = _sample(seed, k * n, k)
+        policy = ThresholdPolicy(kind="quantile", value=value, rare_share=0.0)
+        t = calibrate(clusters, distances, cluster_shares=shares, policy=policy, model_version="m")
+        new_clusters, new_distances, _ = _sample(10_000 + seed, 20_000, k)
+        rates.append(_realised(t, new_clusters, new_distances))
+    # A linear reading puts each threshold between a cluster's two largest rows: about 2 %.
+    assert float(np.mean(rates)) == pytest.approx(1.0 - value, rel=0.15)
+
+
+def test_beyond_its_largest_row_a_cluster_follows_the_pooled_tail() -> None:
+    clusters, distances, shares = _sample(12, 2_000, 2)
+    clusters[:40] = 2  # 40 held-out rows: their own rows reach the 40/41 = 0.976 quantile
+    shares = np.array([0.45, 0.45, 0.1])
+    low, high = (
+        calibrate(
+            clusters,
+            distances,
+            cluster_shares=shares,
+            policy=ThresholdPolicy(kind="quantile", value=q, min_points=30),
+            model_version="m",
+        )
+        for q in (0.97, 0.995)
+    )
+    own = distances[clusters == 2]
+    assert not low.fallback[2]
+    assert low.values[2] == pytest.approx(np.quantile(own, 0.97, method="weibull"))
+    # Above its largest row, by the pooled tail's rise from 40/41 to 0.995.
+    assert high.values[2] > own.max()
 
 
 def test_rare_pattern_rows_are_flagged_and_count_in_the_overall_rate() -> None:
