@@ -7,17 +7,28 @@ request, p99 at most 2 x the endpoint latency + 10 ms. The endpoint is
 ``training.endpoint_emulator.EndpointEmulator`` (the kmeans:1 answer from the model's
 centroids), reached by boto3 through ``AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME``. Needs ``wrk``.
 
-    .venv/bin/python benchmarks/sagemaker_backend.py [--quick] [--duration S] [--latency-ms MS]
+Everything shares the machine's cores (wrk, the service, the emulator): on a busy machine
+the numbers move by 10-20 % from run to run. ``--rounds N`` measures N times, batching on
+and off in turn, and prints every measurement (with the load average it ran under) and the
+medians.
+
+    .venv/bin/python benchmarks/sagemaker_backend.py [--quick] [--duration S] [--rounds N]
+        [--latency-ms MS]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import shutil
+import statistics
 import tempfile
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
 from http_service import TRANSACTION, demo_registry, post_script, server, wrk
 
 from training.endpoint_emulator import EndpointEmulator
@@ -26,11 +37,60 @@ from training.registry import open_registry
 ENDPOINT = "fraudscore-bench"
 
 
+@dataclasses.dataclass(frozen=True)
+class Measurement:
+    """One wrk run against the service."""
+
+    rps: float
+    p99_ms: float
+    calls_per_request: float
+    rows_per_call: float
+    load: float  # the machine's 1-minute load average when the run ended
+
+
+def measure(
+    registry: Path,
+    work: Path,
+    centroids: npt.NDArray[np.float32],
+    *,
+    batching: bool,
+    latency_s: float,
+    duration_s: float,
+    connections: int,
+) -> Measurement:
+    """Start an endpoint and one service worker, warm up, then measure with wrk."""
+    script = post_script(work, "score", json.dumps(TRANSACTION).encode())
+    with EndpointEmulator(centroids, endpoint_name=ENDPOINT, latency_s=latency_s) as ep:
+        env = {
+            "FRAUDSCORE_BACKEND": "sagemaker",
+            "FRAUDSCORE_ENDPOINT_NAME": ENDPOINT,
+            "FRAUDSCORE_AWS_REGION": "eu-west-1",
+            "FRAUDSCORE_MICRO_BATCH": str(batching).lower(),
+            "FRAUDSCORE_BACKEND_THREADS": "64",
+            "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": ep.url,
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+        }
+        with server("service", 1, registry, work / "server.log", env) as url:
+            wrk(url + "/score", script, 1.0, connections)  # warm-up
+            calls_before, rows_before = ep.calls, ep.rows
+            rps, p99 = wrk(url + "/score", script, duration_s, connections)
+            calls, rows = ep.calls - calls_before, ep.rows - rows_before
+    return Measurement(
+        rps=rps,
+        p99_ms=p99,
+        calls_per_request=calls / (rps * duration_s),
+        rows_per_call=rows / max(calls, 1),
+        load=os.getloadavg()[0],
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     parser.add_argument("--latency-ms", type=float, default=20.0, help="endpoint latency")
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=1, help="measurements of each mode")
     parser.add_argument("--registry", type=Path, help="registry to serve (default: demo model)")
     parser.add_argument("--quick", action="store_true", help="3 s per measurement")
     args = parser.parse_args()
@@ -39,42 +99,49 @@ def main() -> None:
     if args.quick:
         args.duration = 3.0
     latency = args.latency_ms / 1000.0
+    limit = 2 * args.latency_ms + 10
+    ideal = args.connections / latency
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         registry = args.registry or demo_registry(work)
         pointer = open_registry(registry).active()
         assert pointer is not None
         centroids = open_registry(registry).load_centroids(pointer.model_version)
-        script = post_script(work, "score", json.dumps(TRANSACTION).encode())
         print(
             f"endpoint latency {args.latency_ms:g} ms, {args.connections} connections, "
             f"{args.duration:g} s, one worker"
         )
-        for batching in (True, False):
-            with EndpointEmulator(centroids, endpoint_name=ENDPOINT, latency_s=latency) as ep:
-                env = {
-                    "FRAUDSCORE_BACKEND": "sagemaker",
-                    "FRAUDSCORE_ENDPOINT_NAME": ENDPOINT,
-                    "FRAUDSCORE_AWS_REGION": "eu-west-1",
-                    "FRAUDSCORE_MICRO_BATCH": str(batching).lower(),
-                    "FRAUDSCORE_BACKEND_THREADS": "64",
-                    "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": ep.url,
-                    "AWS_ACCESS_KEY_ID": "bench",
-                    "AWS_SECRET_ACCESS_KEY": "bench",
-                }
-                with server("service", 1, registry, work / "server.log", env) as url:
-                    wrk(url + "/score", script, 1.0, args.connections)  # warm-up
-                    calls_before = ep.calls
-                    rps, p99 = wrk(url + "/score", script, args.duration, args.connections)
-                    calls = (ep.calls - calls_before) / (rps * args.duration)
-            limit = 2 * args.latency_ms + 10
-            ideal = args.connections / latency
-            print(
-                f"micro-batching {'on ' if batching else 'off'}: {rps:>7.0f} req/s "
-                f"({rps / ideal:.2f}x of {ideal:.0f}; target >= 0.8 with batching), "
-                f"p99 {p99:.1f} ms (limit {limit:.0f}), {calls:.3f} calls per request "
-                f"(target <= 0.2)"
-            )
+        results: dict[bool, list[Measurement]] = {True: [], False: []}
+        for _ in range(args.rounds):
+            for batching in (True, False):
+                m = measure(
+                    registry,
+                    work,
+                    centroids,
+                    batching=batching,
+                    latency_s=latency,
+                    duration_s=args.duration,
+                    connections=args.connections,
+                )
+                results[batching].append(m)
+                print(
+                    f"micro-batching {'on ' if batching else 'off'}: {m.rps:>7.0f} req/s "
+                    f"({m.rps / ideal:.2f}x of {ideal:.0f}; target >= 0.8 with batching), "
+                    f"mean {args.connections / m.rps * 1000:.1f} ms, "
+                    f"p99 {m.p99_ms:.1f} ms (limit {limit:.0f}), "
+                    f"{m.calls_per_request:.3f} calls per request (target <= 0.2), "
+                    f"{m.rows_per_call:.1f} rows per call, load {m.load:.1f}",
+                    flush=True,
+                )
+        if args.rounds > 1:
+            for batching, runs in results.items():
+                rps = statistics.median(m.rps for m in runs)
+                print(
+                    f"median, micro-batching {'on ' if batching else 'off'}: {rps:>7.0f} req/s "
+                    f"({rps / ideal:.2f}x), p99 {statistics.median(m.p99_ms for m in runs):.1f}"
+                    f" ms, {statistics.median(m.calls_per_request for m in runs):.3f} calls "
+                    "per request"
+                )
 
 
 if __name__ == "__main__":

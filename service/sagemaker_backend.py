@@ -10,7 +10,6 @@ breaker stops calling an endpoint that keeps failing and tries it again after a 
 
 from __future__ import annotations
 
-import io
 import json
 import threading
 import time
@@ -97,11 +96,19 @@ class CircuitBreaker:
         return self._opened_at is not None
 
 
+def csv_lines(x: npt.NDArray[np.float64]) -> list[bytes]:
+    """Each row as a CSV line with float32 precision, which is what the container computes in
+    (``%.9g``: nine significant digits read back as the same float32)."""
+    rows = x.astype(np.float32)
+    # One format per row, byte for byte what numpy.savetxt writes, at about twice its speed
+    # for a micro-batch (this runs once per call, holding the GIL the event loop needs).
+    line = ",".join(["%.9g"] * rows.shape[1]) + "\n"
+    return [(line % tuple(row)).encode() for row in rows.tolist()]
+
+
 def csv_body(x: npt.NDArray[np.float64]) -> bytes:
     """Rows as CSV with float32 precision, which is what the container computes in."""
-    out = io.StringIO()
-    np.savetxt(out, x.astype(np.float32), delimiter=",", fmt="%.9g")
-    return out.getvalue().encode()
+    return b"".join(csv_lines(x))
 
 
 def parse_predictions(body: bytes, n: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
@@ -122,7 +129,7 @@ def parse_predictions(body: bytes, n: int) -> tuple[npt.NDArray[np.int64], npt.N
 
 def split_rows(x: npt.NDArray[np.float64], limit: int = MAX_PAYLOAD_BYTES) -> list[bytes]:
     """CSV bodies of consecutive rows, each under ``limit`` bytes."""
-    lines = csv_body(x).splitlines(keepends=True)
+    lines = csv_lines(x)
     bodies: list[bytes] = []
     current: list[bytes] = []
     size = 0

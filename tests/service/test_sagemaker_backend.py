@@ -263,3 +263,14 @@ def test_the_service_answers_through_the_endpoint_and_maps_its_errors(
     )
     assert (failed.status_code, failed.json()["error"]) == (502, "backend_unavailable")
     assert 'fraudscore_backend_rows_total{backend="sagemaker"} 1.0' in metrics
+
+
+def test_csv_rows_are_written_as_numpy_savetxt_writes_them() -> None:
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((17, 6)) * np.array([1e-8, 1e-3, 1.0, 1e3, 1e6, 1e30])
+    x[0, :3] = [0.0, -0.0, 1e-45]
+    x[1, :3] = [np.inf, -np.inf, np.nan]
+    out = io.StringIO()
+    np.savetxt(out, x.astype(np.float32), delimiter=",", fmt="%.9g")
+    assert csv_body(x) == out.getvalue().encode()
+    assert csv_body(np.zeros((0, 6))) == b""
