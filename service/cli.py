@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 from pydantic import ValidationError
 
 from service import cli_admin, serve
+from service.cli_arguments import fraction, positive_int
 from service.file_scoring import score_file
 from service.models import load_active
 from service.settings import Settings
@@ -52,26 +53,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
-    return value
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -130,12 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("demo-data", help="write synthetic card transactions with labels")
-    p.add_argument("--rows", type=_positive_int, default=50_000, help="rows (default %(default)s)")
+    p.add_argument("--rows", type=positive_int, default=50_000, help="rows (default %(default)s)")
     p.add_argument("--out", type=Path, required=True, help="CSV file to write")
     p.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     p.add_argument(
         "--anomaly-share",
-        type=_fraction,
+        type=fraction,
         default=0.02,
         help="share of labelled anomalies (default %(default)s)",
     )
@@ -144,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="training CSV with a header row")
     p.add_argument("--label-column", help="0/1 label column: excluded from features, reported on")
     p.add_argument("--features", type=Path, help="feature spec JSON (default: inferred)")
-    p.add_argument("--k", type=_positive_int, default=10, help="clusters (default %(default)s)")
+    p.add_argument("--k", type=positive_int, default=10, help="clusters (default %(default)s)")
     p.add_argument(
         "--hyperparameter",
         type=_key_value,
@@ -154,19 +135,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="SageMaker kmeans hyperparameter, repeatable (e.g. mini_batch_size=5000)",
     )
     p.add_argument("--tune", action="store_true", help="Bayesian search minimising test:msd")
-    p.add_argument("--max-jobs", type=_positive_int, default=10, help="tuning trials")
-    p.add_argument("--max-parallel", type=_positive_int, default=2, help="trials at once")
+    p.add_argument("--max-jobs", type=positive_int, default=10, help="tuning trials")
+    p.add_argument("--max-parallel", type=positive_int, default=2, help="trials at once")
     p.add_argument("--strategy", choices=("Bayesian", "Random"), default="Bayesian")
     policy = p.add_mutually_exclusive_group()
     policy.add_argument(
         "--target-alert-rate",
-        type=_fraction,
+        type=fraction,
         help="overall share of held-out rows to flag, spread over clusters by width and "
         "size (the default policy, 0.01)",
     )
     policy.add_argument(
         "--quantile",
-        type=_fraction,
+        type=fraction,
         help="instead: each cluster's threshold is this quantile of its own distances (e.g. 0.99)",
     )
     p.add_argument(
@@ -209,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score-file", help="score a CSV file with the active model")
     p.add_argument("--in", dest="source", type=Path, required=True, help="CSV to score")
     p.add_argument("--out", type=Path, required=True, help="CSV to write")
-    p.add_argument("--chunk-rows", type=_positive_int, default=65_536, help=argparse.SUPPRESS)
+    p.add_argument("--chunk-rows", type=positive_int, default=65_536, help=argparse.SUPPRESS)
     _registry_arg(p)
 
     p = sub.add_parser("models", help="inspect registered models")
@@ -227,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve the HTTP API (settings: FRAUDSCORE_* variables)")
     p.add_argument("--host", help="address to listen on (default: $FRAUDSCORE_HOST or 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default: $FRAUDSCORE_PORT or 8000)")
-    p.add_argument("--workers", type=_positive_int, help="worker processes (default: 1)")
+    p.add_argument("--workers", type=positive_int, help="worker processes (default: 1)")
     p.add_argument("--registry", help="registry (default: $FRAUDSCORE_REGISTRY or var/registry)")
     p.add_argument(
         "--demo-model",

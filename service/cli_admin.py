@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from service.cli_arguments import fraction
 from training.errors import FraudscoreError
 from training.jobs import JobRecord, JobStore
 from training.json_logs import JsonFormatter
@@ -53,9 +54,9 @@ def add_commands(
         help="new thresholds for the active model (from its stored calibration sample or a file)",
     )
     policy = p.add_mutually_exclusive_group(required=True)
-    policy.add_argument("--quantile", type=_fraction, help="per-cluster quantile, e.g. 0.99")
+    policy.add_argument("--quantile", type=fraction, help="per-cluster quantile, e.g. 0.99")
     policy.add_argument(
-        "--target-alert-rate", type=_fraction, help="overall share to flag, e.g. 0.01"
+        "--target-alert-rate", type=fraction, help="overall share to flag, e.g. 0.01"
     )
     p.add_argument("--data", type=Path, help="CSV file to calibrate on (default: stored sample)")
     p.add_argument("--label-column", help="0/1 label column of --data, for precision and recall")
@@ -202,13 +203,3 @@ def _audit(action: str, details: dict[str, Any]) -> None:
         audit_log.setLevel(logging.INFO)
         audit_log.propagate = False
     audit_log.info("admin action", extra={"who": _who(), "action": action, **details})
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
-    return value

@@ -7,10 +7,30 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
 import requests
 from moto.server import ThreadedMotoServer
 
 from training.sagemaker_requests import image_uri
+
+
+def isolate_from_aws(env: pytest.MonkeyPatch, *, region: str, secret: str = "testing") -> None:  # noqa: S107 - a fake
+    """Fake credentials and region; no profile, config file or endpoint from the host."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+        env.setenv(name, "testing")
+    env.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    env.setenv("AWS_DEFAULT_REGION", region)
+    env.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
+    env.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
+    for name in (
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_REGION",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "FRAUDSCORE_KMS_KEY_ID",
+    ):
+        env.delenv(name, raising=False)
 
 
 @contextmanager

@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from moto import mock_aws
 
+from tests.aws_fakes import isolate_from_aws
 from tests.factories import make_thresholds
 from training.activations import (
     ACTIONS,
@@ -514,25 +515,10 @@ def test_concurrent_activations_get_distinct_numbers(registry: Registry) -> None
 
 
 @pytest.fixture(scope="module")
-def aws_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+def aws_env() -> Iterator[None]:
     """Fake credentials and region; no profile, config file or endpoint from the host."""
-    nowhere = tmp_path_factory.mktemp("no-aws")
     with pytest.MonkeyPatch.context() as env:
-        for name in ("AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
-            env.setenv(name, "testing")
-        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        env.setenv("AWS_DEFAULT_REGION", REGION)
-        env.setenv("AWS_CONFIG_FILE", str(nowhere / "config"))
-        env.setenv("AWS_SHARED_CREDENTIALS_FILE", str(nowhere / "credentials"))
-        for name in (
-            "AWS_PROFILE",
-            "AWS_DEFAULT_PROFILE",
-            "AWS_REGION",
-            "AWS_ENDPOINT_URL",
-            "AWS_ENDPOINT_URL_S3",
-            "FRAUDSCORE_KMS_KEY_ID",
-        ):
-            env.delenv(name, raising=False)
+        isolate_from_aws(env, region=REGION)
         yield
 
 

@@ -17,6 +17,7 @@ from botocore.response import StreamingBody
 from botocore.stub import Stubber
 from moto import mock_aws
 
+from tests.aws_fakes import isolate_from_aws
 from tests.training.test_registry import VERSION, centroids, manifest, sample, thresholds
 from training.errors import RegistryError
 from training.registry import Registry, open_registry
@@ -30,23 +31,9 @@ STUB_KEY = f"arn:aws:kms:{REGION}:123456789012:key/1234abcd-12ab-34cd-56ef-12345
 
 
 @pytest.fixture(autouse=True)
-def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fake credentials and region; no profile, config file or endpoint from the host."""
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
-        monkeypatch.setenv(name, "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", FAKE_CREDENTIAL)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    for name in (
-        "AWS_PROFILE",
-        "AWS_DEFAULT_PROFILE",
-        "AWS_REGION",
-        "AWS_ENDPOINT_URL",
-        "AWS_ENDPOINT_URL_S3",
-        "FRAUDSCORE_KMS_KEY_ID",
-    ):
-        monkeypatch.delenv(name, raising=False)
+    isolate_from_aws(monkeypatch, region=REGION, secret=FAKE_CREDENTIAL)
 
 
 @pytest.fixture
