@@ -238,6 +238,10 @@ def test_replicas_on_an_s3_registry_follow_promote_recalibrate_and_rollback(
         original.thresholds_version + 1,
     )
     assert max(first, second, third) <= CONVERGE_S, (first, second, third)
+    logging.getLogger(__name__).info(
+        "S3 replicas converged in %s s",
+        {"recalibrate": first, "promote": second, "rollback": third},
+    )
 
 
 def test_a_job_whose_service_was_killed_ends_failed_and_frees_the_lock(
