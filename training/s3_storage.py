@@ -71,41 +71,36 @@ class S3Storage:
 
     def write(self, key: str, data: bytes) -> None:
         """Create or replace the object, encrypted with the configured KMS key."""
-        object_key = self._object_key(key)
         try:
             # A PUT replaces an object atomically: readers see the old or the new bytes, never a
             # mix, which is what the ACTIVE pointer relies on. No temp object is needed.
-            self.client.put_object(
-                Bucket=self.bucket,
-                Key=object_key,
-                Body=data,
-                ServerSideEncryption="aws:kms",
-                SSEKMSKeyId=self.kms_key_id,
-                # A bucket-level data key: far fewer KMS calls (cost, throttling) per write.
-                BucketKeyEnabled=True,
-            )
+            self._put(key, data)
         except (ClientError, BotoCoreError) as exc:
             _fail(self.where(key), "write", exc)
 
     def create(self, key: str, data: bytes) -> bool:
         """Put the object only if absent (S3 conditional write, ``If-None-Match: *``)."""
-        object_key = self._object_key(key)
         try:
-            self.client.put_object(
-                Bucket=self.bucket,
-                Key=object_key,
-                Body=data,
-                IfNoneMatch="*",
-                ServerSideEncryption="aws:kms",
-                SSEKMSKeyId=self.kms_key_id,
-                BucketKeyEnabled=True,
-            )
+            self._put(key, data, IfNoneMatch="*")
         except (ClientError, BotoCoreError) as exc:
             # 412: the key exists. 409: a concurrent conditional write to the key won the race.
             if _error_code(exc) in _EXISTS_CODES:
                 return False
             _fail(self.where(key), "create", exc)
         return True
+
+    def _put(self, key: str, data: bytes, **conditions: str) -> None:
+        """One PutObject, encrypted with the configured KMS key."""
+        self.client.put_object(
+            Bucket=self.bucket,
+            Key=self._object_key(key),
+            Body=data,
+            ServerSideEncryption="aws:kms",
+            SSEKMSKeyId=self.kms_key_id,
+            # A bucket-level data key: far fewer KMS calls (cost, throttling) per write.
+            BucketKeyEnabled=True,
+            **conditions,
+        )
 
     def delete(self, key: str) -> None:
         """Delete the object (S3 answers success for a missing key too)."""
