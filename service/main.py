@@ -217,6 +217,7 @@ def _recover_jobs(jobs: JobManager) -> None:
     except FraudscoreError as exc:
         log.warning("job recovery failed", extra={"reason": str(exc)})
     except Exception:
+        # A bug here must not end the periodic task: later recoveries would never run.
         log.exception("job recovery failed unexpectedly")
 
 

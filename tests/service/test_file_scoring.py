@@ -24,6 +24,7 @@ from training import kmeans
 from training.demo import DEMO_FEATURES, DemoConfig, generate, write_csv
 from training.errors import DataError, SpecError
 from training.features import CategoricalField, FeatureFitter, FeatureSpec, NumericField
+from training.thresholds import Thresholds
 
 K = 8
 
@@ -42,12 +43,19 @@ def model() -> ScoringModel:
     rare = np.zeros(K, dtype=bool)
     rare[-1] = True
     thresholds = make_thresholds("m1", K, values=np.linspace(1.0, 3.0, K), rare=rare)
+    return scoring_model("m1", spec, centroids, thresholds)
+
+
+def scoring_model(
+    version: str, spec: FeatureSpec, centroids: Any, thresholds: Thresholds | None = None
+) -> ScoringModel:
+    """A model of ``spec`` and ``centroids``, thresholds version 1 (default: make_thresholds)."""
     return ScoringModel(
-        model_version="m1",
+        model_version=version,
         thresholds_version=1,
         spec=spec,
         centroids=centroids,
-        thresholds=thresholds,
+        thresholds=thresholds or make_thresholds(version, len(centroids)),
         typical=tuple(spec.typical_values(c) for c in centroids),
     )
 
@@ -295,14 +303,7 @@ def test_values_too_far_out_name_column_and_row(tmp_path: Path) -> None:
     # FeatureSpec.transform refuses them (their distance would overflow): so does score_file.
     spec = FeatureSpec((NumericField("a"), NumericField("b", "log1p")), fitted=True)
     centroids = np.array([[0.0, 0.0], [1.0, 1.0]])
-    model = ScoringModel(
-        model_version="m2",
-        thresholds_version=1,
-        spec=spec,
-        centroids=centroids,
-        thresholds=make_thresholds("m2", 2),
-        typical=tuple(spec.typical_values(c) for c in centroids),
-    )
+    model = scoring_model("m2", spec, centroids)
     source = tmp_path / "in.csv"
     source.write_text("a,b\n1e99,1e300\n-1e50,1\n0.5,0.25\n1,1\n")
     target = tmp_path / "scored.csv"
@@ -407,13 +408,8 @@ def test_zero_parts_and_unseen_categories_rank_as_score_columns(
     centroids = spec.transform(columns).X[::50].copy()
     centroids[1, spec.field_slices["channel"]] = 0.0
     k = len(centroids)
-    exact = ScoringModel(
-        model_version="m3",
-        thresholds_version=1,
-        spec=spec,
-        centroids=centroids,
-        thresholds=make_thresholds("m3", k, values=np.linspace(0.5, 1.5, k)),
-        typical=tuple(spec.typical_values(c) for c in centroids),
+    exact = scoring_model(
+        "m3", spec, centroids, make_thresholds("m3", k, values=np.linspace(0.5, 1.5, k))
     )
     channels = columns["channel"].copy()
     channels[1::50] = "phone"  # right after each centroid's row: the same row, unseen channel
@@ -481,14 +477,7 @@ def test_byte_positions_across_slices(monkeypatch: pytest.MonkeyPatch, scan_byte
 def test_models_of_one_kind_of_field(tmp_path: Path, fields: tuple[Any, ...]) -> None:
     spec = FeatureSpec(fields, fitted=True)
     centroids = np.eye(2, spec.feature_dim) if spec.feature_dim > 1 else np.array([[0.0], [2.0]])
-    model = ScoringModel(
-        model_version="m5",
-        thresholds_version=1,
-        spec=spec,
-        centroids=centroids,
-        thresholds=make_thresholds("m5", 2),
-        typical=tuple(spec.typical_values(c) for c in centroids),
-    )
+    model = scoring_model("m5", spec, centroids)
     source = tmp_path / "in.csv"
     source.write_text(
         "id,amount,channel,code\n1,5.5,atm,01\n2,-3,ecom,02\n3,0,pos,01\n4,12,atm,03\n"

@@ -22,7 +22,6 @@ from typing import Any
 
 import boto3
 import numpy as np
-import numpy.typing as npt
 import pytest
 from botocore.stub import Stubber
 from hypothesis import HealthCheck, given, settings
@@ -31,6 +30,7 @@ from moto import mock_aws
 
 from tests.aws_fakes import isolate_from_aws
 from tests.factories import make_thresholds
+from tests.training.test_registry import DIM, K, centroids, sample
 from training.activations import (
     ACTIONS,
     Activation,
@@ -39,7 +39,7 @@ from training.activations import (
     load_activation,
     record_activation,
 )
-from training.bundle import SCHEMA_VERSION, CalibrationSample, Manifest
+from training.bundle import SCHEMA_VERSION, Manifest
 from training.errors import BundleError, RegistryError
 from training.features import CategoricalField, FeatureSpec, NumericField
 from training.registry import ActivePointer, Registry
@@ -47,7 +47,6 @@ from training.s3_storage import S3Storage
 from training.storage import TEMP_PREFIX, KeyList, LocalStorage, MissingKeyError, Storage
 from training.thresholds import Thresholds
 
-K, DIM = 3, 4
 MODEL_A = "20261128T004040Z-1a2b3c"
 MODEL_B = "20261129T000000Z-4d5e6f"
 NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
@@ -83,18 +82,6 @@ def manifest(model_version: str = MODEL_A) -> Manifest:
 
 def thresholds(model_version: str = MODEL_A, **overrides: Any) -> Thresholds:
     return make_thresholds(model_version, K, **overrides)
-
-
-def sample() -> CalibrationSample:
-    return CalibrationSample(
-        clusters=(np.arange(6) % K).astype(np.int32),
-        distances=np.linspace(0.0, 3.0, 6).astype(np.float32),
-        labels=(np.arange(6) % 2).astype(np.int8),
-    )
-
-
-def centroids() -> npt.NDArray[np.float32]:
-    return np.arange(K * DIM, dtype=np.float32).reshape(K, DIM)
 
 
 def fill(registry: Registry) -> Registry:
