@@ -120,50 +120,54 @@ def _handler_for(emulator: EndpointEmulator) -> Callable[..., BaseHTTPRequestHan
 
         def do_GET(self) -> None:
             if self.path == "/ping":
-                self._send(HTTPStatus.OK, b"", "text/plain")
+                self._send(HTTPStatus.OK, b"", [("Content-Type", "text/plain")])
             else:
-                self._error(404, "ValidationError", f"no route {self.path}")
+                self._send(*_error(404, "ValidationError", f"no route {self.path}"))
 
         def do_POST(self) -> None:
+            # The latency is the endpoint's response time from the request's arrival, its
+            # own work included (as SageMaker's ModelLatency counts the container's): the
+            # answer is computed first, then held back for what is left of it.
+            arrived = time.monotonic()
+            answer = self._answer()
+            left = emulator.latency_s - (time.monotonic() - arrived)
+            if left > 0.0:
+                time.sleep(left)
+            self._send(*answer)
+
+        def _answer(self) -> tuple[int, bytes, list[tuple[str, str]]]:
+            """(status, body, headers) for the POST being handled."""
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length)
             expected = f"/endpoints/{emulator.endpoint_name}/invocations"
             if self.path not in (expected, "/invocations"):
                 name = self.path.split("/")[2] if self.path.startswith("/endpoints/") else "?"
-                self._error(400, "ValidationError", f"Endpoint {name} of account 0 not found.")
-                return
-            if emulator.latency_s:
-                time.sleep(emulator.latency_s)
+                return _error(400, "ValidationError", f"Endpoint {name} of account 0 not found.")
             failure = emulator.next_failure()
             if failure is not None:
-                self._error(*failure)
-                return
+                return _error(*failure)
             if length > MAX_BODY_BYTES:
-                self._error(413, "ValidationError", "request body is over 6 MiB")
-                return
+                return _error(413, "ValidationError", "request body is over 6 MiB")
             try:
                 answer = emulator.predict(body)
             except ValueError as exc:
                 message = f'Received client error (400) from model with message "{exc}"'
-                self._error(424, "ModelError", message)
-                return
-            self._send(HTTPStatus.OK, answer, "application/json")
+                return _error(424, "ModelError", message)
+            return HTTPStatus.OK, answer, [("Content-Type", "application/json")]
 
-        def _error(self, status: int, code: str, message: str) -> None:
-            # botocore reads a REST-JSON error's code from x-amzn-ErrorType.
-            body = json.dumps({"message": message}).encode()
+        def _send(self, status: int, body: bytes, headers: list[tuple[str, str]]) -> None:
             self.send_response(status)
-            self.send_header("x-amzn-ErrorType", code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
+            for name, value in headers:
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
 
     return Handler
+
+
+def _error(status: int, code: str, message: str) -> tuple[int, bytes, list[tuple[str, str]]]:
+    """An error answer as the runtime API gives it: botocore reads its code from
+    ``x-amzn-ErrorType``."""
+    body = json.dumps({"message": message}).encode()
+    return status, body, [("x-amzn-ErrorType", code), ("Content-Type", "application/json")]
