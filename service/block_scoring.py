@@ -11,7 +11,7 @@ Two kinds of block, as :mod:`service.file_scoring` reads them:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -21,16 +21,12 @@ import pyarrow.csv as pacsv
 
 from service.column_verdicts import BlockVerdicts, ColumnScorer, OutOfRange
 from service.csv_output import Pieces, VerdictText, byte_positions
-from service.scoring import ScoringModel, score_columns
+from service.scoring import ScoringModel
 from training.data import first_bad_value, parse_numbers
 from training.errors import DataError
 from training.features import MAX_SCALED, CategoricalField
 
 OUTPUT_COLUMNS = ("cluster", "distance", "threshold", "score", "anomalous", "top_reason")
-# How score_columns scores the file's last row when it is not one of a batch of rows: the
-# only row of its chunk in the nearest-centroid search ("chunk"), or the file's only row
-# ("file"). Each rounds otherwise than the same row among others.
-Alone = Literal["chunk", "file"]
 _QUOTE = ord('"')
 _NEWLINE = ord("\n")
 
@@ -46,7 +42,6 @@ class ScoredText:
     texts: list[pa.Buffer]  # to be written one after the other
     rows: int
     anomalous: int
-    last_anomalous: bool  # the last row's verdict
 
 
 class BlockScorer:
@@ -87,15 +82,12 @@ class BlockScorer:
         pacsv.write_csv(empty, line, pacsv.WriteOptions(quoting_style="needed"))
         self.header_line = line.getvalue()
 
-    def score_lines(
-        self, block: bytearray, size: int | None = None, *, alone: Alone | None = None
-    ) -> ScoredText:
+    def score_lines(self, block: bytearray, size: int | None = None) -> ScoredText:
         """Score whole lines of the file, each a record: the first ``size`` bytes of ``block``.
 
         The lines are the input columns' text in the output, as they are. NotLines if that
         cannot be relied on (a line that is not exactly one record) or if a value is bad:
-        the general path then finds it and names its row. ``alone``: the block's last row
-        is scored as score_columns scores that row of the file (see Alone).
+        the general path then finds it and names its row.
         """
         size = len(block) if size is None else size
         if block.find(b"\r", 0, size) >= 0:  # "\r\n" line ends, or a lone "\r" (a line end)
@@ -134,7 +126,7 @@ class BlockScorer:
                 raise NotLines
         codes = self._codes(table, 0, lines=True)
         try:
-            verdicts = self._verdicts(table, numbers, codes, alone)
+            verdicts = self.columns.score(numbers, codes, n)
         except OutOfRange:
             raise NotLines from None
         starts = np.empty(n, dtype=np.int64)
@@ -142,12 +134,8 @@ class BlockScorer:
         starts[1:] = ends[:-1] + 1
         return self._scored(Pieces(data, starts, ends - starts), verdicts)
 
-    def score(self, batch: pa.RecordBatch, done: int, *, alone: Alone | None = None) -> ScoredText:
-        """Score ``batch`` of text (data rows ``done + 1`` on) into CSV text rows.
-
-        ``alone``: the batch's last row is scored as score_columns scores that row of the
-        file (see Alone).
-        """
+    def score(self, batch: pa.RecordBatch, done: int) -> ScoredText:
+        """Score ``batch`` of text (data rows ``done + 1`` on) into CSV text rows."""
         fp = self.features
         numbers = []
         for name in fp.numeric:
@@ -160,7 +148,7 @@ class BlockScorer:
             numbers.append(values)
         codes = self._codes(batch, done, lines=False)
         try:
-            verdicts = self._verdicts(batch, numbers, codes, alone)
+            verdicts = self.columns.score(numbers, codes, batch.num_rows)
         except OutOfRange as bad:
             raise DataError(
                 f"value {numbers[bad.field][bad.index]} is out of range (more than "
@@ -171,36 +159,12 @@ class BlockScorer:
             ) from None
         return self._scored(_input_rows(batch), verdicts)
 
-    def _verdicts(
-        self,
-        table: pa.RecordBatch | pa.Table,
-        numbers: list[npt.NDArray[np.float64]],
-        codes: npt.NDArray[np.intp],
-        alone: Alone | None,
-    ) -> BlockVerdicts:
-        """The rows' verdicts: OutOfRange for a value too far out."""
-        n = table.num_rows
-        if alone != "file":
-            return self.columns.score(numbers, codes, n, lone_last=alone == "chunk")
-        # The file's only row: score_columns itself, whose search of one row rounds
-        # otherwise (and is as cheap as anything for one row).
-        columns: dict[str, Any] = dict(zip(self.features.numeric, numbers, strict=True))
-        for name in self.features.categorical:
-            columns[name] = table.column(name).to_numpy(zero_copy_only=False)
-        scored = score_columns(self.model, columns)
-        fields = [*self.model._plan.fields, ""]
-        reason = np.array([fields.index(name) for name in scored.top_reason], dtype=np.intp)
-        return BlockVerdicts(
-            scored.cluster, scored.distance, scored.score, scored.anomalous, reason
-        )
-
     def _scored(self, lines: Pieces, verdicts: BlockVerdicts) -> ScoredText:
         """The output text and counts of rows whose input text is ``lines``."""
         return ScoredText(
             self.text.rows(lines, verdicts),
             len(verdicts.cluster),
             int(np.count_nonzero(verdicts.anomalous)),
-            bool(verdicts.anomalous[-1]),
         )
 
     def _fail(self, batch: pa.RecordBatch, done: int) -> DataError:

@@ -15,9 +15,8 @@ grouping product on one row per (cluster, category), and looked up; so is whethe
 field may be named. The top reason is then the first field with the largest part among
 those that may be named, as ``argmax`` picks it.
 
-BLAS computes each row of a product of several rows the same way whatever the others, but
-a product of one row with another routine, which rounds otherwise: no block of one row is
-scored here, but for a row that the reference searches on its own (:func:`lone_row`).
+Each row's numbers depend on that row alone (the products are
+:func:`training.kmeans.row_products`, not BLAS), so blocks may start and end anywhere.
 """
 
 from __future__ import annotations
@@ -31,15 +30,13 @@ import numpy.typing as npt
 
 from service.scoring import ScoringModel
 from training.features import MAX_SCALED
-from training.kmeans import ASSIGN_CHUNK_ROWS
+from training.kmeans import row_products
 from training.thresholds import judge
 
 # Rows scored at a time: few enough that their arrays stay in the CPU's caches, many enough
 # that each numpy call (and the hand-over of the GIL to another thread around it) does a
 # good amount of work. Measured on 1M rows with two scoring threads: 16384 over 8192.
 BLOCK_ROWS = 16_384
-# A block takes one more row rather than leave a last block of one (see _blocks).
-_MOST_ROWS = BLOCK_ROWS + 1
 
 
 @dataclass(frozen=True)
@@ -63,10 +60,10 @@ class OutOfRange(Exception):
 
 
 class _Workspace:
-    """One thread's arrays for a block of up to _MOST_ROWS rows, reused from block to block."""
+    """One thread's arrays for a block of up to BLOCK_ROWS rows, reused from block to block."""
 
     def __init__(self, fp: Any, k: int, n_fields: int) -> None:
-        rows, p = _MOST_ROWS, len(fp.numeric)
+        rows, p = BLOCK_ROWS, len(fp.numeric)
         self.logged = np.empty((rows, p), dtype=np.float64)  # the reference's layout
         self.scaled = np.empty((p, rows), dtype=np.float64)
         self.sign = np.empty(rows, dtype=np.float64)
@@ -99,9 +96,9 @@ class ColumnScorer:
         # The assignment's operands, the very arrays NearestCentroids.assign uses; the
         # centres' norms repeated per row so that adding them is one contiguous pass.
         self._minus_two_t = plan.nearest._minus_two_t
-        self._centroid_norms = np.tile(plan.nearest._norms, _MOST_ROWS)
-        self._row_at = np.arange(0, _MOST_ROWS * k, k)  # each row's first value in a block
-        self._row_x = np.arange(0, _MOST_ROWS * fp.dim, fp.dim)
+        self._centroid_norms = np.tile(plan.nearest._norms, BLOCK_ROWS)
+        self._row_at = np.arange(0, BLOCK_ROWS * k, k)  # each row's first value in a block
+        self._row_x = np.arange(0, BLOCK_ROWS * fp.dim, fp.dim)
         self._category_start = np.array(fp.category_start, dtype=np.intp)[:, None]
         self._spread = np.asarray(fp.spread, dtype=np.float64)[:, None]  # per row of scaled
         self._local = threading.local()
@@ -128,20 +125,12 @@ class ColumnScorer:
             self._reasons.append((f, i, part.shape[1], ranked))
 
     def score(
-        self,
-        numbers: list[npt.NDArray[np.float64]],
-        codes: npt.NDArray[np.intp],
-        n: int,
-        *,
-        lone_last: bool = False,
+        self, numbers: list[npt.NDArray[np.float64]], codes: npt.NDArray[np.intp], n: int
     ) -> BlockVerdicts:
         """Verdicts for ``n`` rows: finite numbers in the feature plan's order, category codes.
 
-        ``codes`` is (categorical fields, n), -1 for a category not seen in training.
-        ``lone_last``: the last row is one that ``NearestCentroids.assign`` searches on its
-        own, the last of its rows when their number is one more than a multiple of its
-        chunk (:func:`lone_row`). Raises OutOfRange for the first value (by row) that
-        ``FeatureSpec.transform`` would refuse.
+        ``codes`` is (categorical fields, n), -1 for a category not seen in training. Raises
+        OutOfRange for the first value (by row) that ``FeatureSpec.transform`` would refuse.
         """
         work: _Workspace | None = getattr(self._local, "work", None)
         if work is None:
@@ -149,25 +138,17 @@ class ColumnScorer:
         cluster = np.empty(n, dtype=np.int64)
         distance = np.empty(n, dtype=np.float64)
         reason = np.empty(n, dtype=np.intp)
-        for lo, hi in _blocks(n, lone_last):
+        for lo in range(0, n, BLOCK_ROWS):
+            hi = min(lo + BLOCK_ROWS, n)
             rows = [values[lo:hi] for values in numbers]
             row_codes = codes[:, lo:hi]
-            found, best = distance[lo:hi], reason[lo:hi]
-            if hi - lo == 1 and not (lone_last and hi == n):
-                # A product of one row takes another BLAS routine (another rounding) than
-                # one of several, so the row goes with a copy of itself.
-                rows = [np.repeat(values, 2) for values in rows]
-                row_codes = np.repeat(row_codes, 2, axis=1)
-                found, best = np.empty(2, dtype=np.float64), np.empty(2, dtype=np.intp)
             try:
-                scaled, x = self._vectors(work, rows, row_codes, len(found))
+                scaled, x = self._vectors(work, rows, row_codes, hi - lo)
             except OutOfRange as bad:
                 raise OutOfRange(lo + bad.index, bad.field) from None
-            labels = self._assign(work, x, found)
-            self._top_reason(work, scaled, row_codes, labels, best)
-            cluster[lo:hi] = labels[: hi - lo]
-            distance[lo:hi] = found[: hi - lo]
-            reason[lo:hi] = best[: hi - lo]
+            labels = self._assign(work, x, distance[lo:hi])
+            self._top_reason(work, scaled, row_codes, labels, reason[lo:hi])
+            cluster[lo:hi] = labels
         verdict = judge(self.model.thresholds, cluster, distance)
         return BlockVerdicts(cluster, distance, verdict.score, verdict.anomalous, reason)
 
@@ -219,7 +200,7 @@ class ColumnScorer:
     ) -> npt.NDArray[np.intp]:
         """``NearestCentroids.assign``'s batch formula: clusters; distances into ``distance``."""
         m = len(x)
-        block = np.matmul(x, self._minus_two_t, out=work.block[:m])
+        block = row_products(x, self._minus_two_t, out=work.block[:m])
         flat = block.reshape(-1)
         np.add(flat, self._centroid_norms[: flat.size], out=flat)
         labels = block.argmin(axis=1, out=work.labels[:m])
@@ -270,38 +251,12 @@ class ColumnScorer:
         reason[:] = top
 
 
-def lone_row(rows: int) -> bool:
-    """Whether ``NearestCentroids.assign`` searches the last of ``rows`` rows on its own.
-
-    It searches rows in chunks of ``ASSIGN_CHUNK_ROWS``; a last chunk of one row is a product of
-    one row, which BLAS computes with another routine (and rounding) than a product of
-    several. (A batch of one row takes yet another path: see
-    :data:`service.block_scoring.Alone`.)
-    """
-    return rows > 1 and rows % ASSIGN_CHUNK_ROWS == 1
-
-
-def _blocks(n: int, lone_last: bool) -> list[tuple[int, int]]:
-    """(start, stop) of each block of rows to score: none of one row but a lone last row.
-
-    Blocks of BLOCK_ROWS rows, the last one taking one row more rather than leave one alone
-    (a product of one row rounds otherwise); with ``lone_last``, the last row alone.
-    """
-    end = n - 1 if lone_last else n
-    blocks = [(lo, min(lo + BLOCK_ROWS, end)) for lo in range(0, end, BLOCK_ROWS)]
-    if len(blocks) > 1 and blocks[-1][1] - blocks[-1][0] == 1:
-        blocks[-2:] = [(blocks[-2][0], end)]
-    if lone_last:
-        blocks.append((n - 1, n))
-    return blocks
-
-
 def _categorical_parts(model: ScoringModel) -> list[npt.NDArray[np.float64]]:
     """Per categorical field, its part of the squared distance, (k, categories + 1).
 
     Column 0 is an unseen category (all its columns 0), column c + 1 category c. Computed
-    as ``score_columns`` computes it, ``(diff * diff) @ group``, on rows that differ from
-    their cluster's centre in that field's columns only.
+    as ``score_columns`` computes it, ``row_products(diff * diff, group)``, on rows that
+    differ from their cluster's centre in that field's columns only.
     """
     fp = model.spec._plan
     plan = model._plan
@@ -316,8 +271,6 @@ def _categorical_parts(model: ScoringModel) -> list[npt.NDArray[np.float64]]:
         x = centre.copy()
         x[:, start : start + width - 1] = np.tile(np.eye(width, width - 1, -1), (k, 1))
         diff = x - centre
-        # Two rows at least: a product of one row may take another BLAS routine.
-        diff = np.vstack([diff, diff[:1]])
-        grouped = (diff * diff) @ plan.group
+        grouped = row_products(diff * diff, plan.group)
         parts.append(np.ascontiguousarray(grouped[: k * width, f].reshape(k, width)))
     return parts

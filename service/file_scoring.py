@@ -38,8 +38,7 @@ import pyarrow as pa
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from service.block_scoring import OUTPUT_COLUMNS, Alone, BlockScorer, NotLines, ScoredText
-from service.column_verdicts import lone_row
+from service.block_scoring import OUTPUT_COLUMNS, BlockScorer, NotLines, ScoredText
 from service.scoring import ScoringModel
 from training.data import iter_text, read_header, require_columns
 from training.errors import DataError
@@ -121,12 +120,8 @@ def score_file(
     )
 
 
-@dataclass(frozen=True)
-class _Task:
-    """A block of the file to score, and how to score its last row alone (see _last_block)."""
-
-    score: Callable[[], ScoredText]
-    last_row: Callable[..., ScoredText]  # called with alone=
+# A block of the file to score.
+_Task = Callable[[], ScoredText]
 
 
 def _write(
@@ -137,7 +132,7 @@ def _write(
     Reading (the iterator) and writing stay on this thread; a few tasks run meanwhile.
     """
     rows = anomalous = 0
-    pending: collections.deque[tuple[_Task, Future[ScoredText]]] = collections.deque()
+    pending: collections.deque[Future[ScoredText]] = collections.deque()
     try:
         with (
             partial.open("wb") as out,
@@ -159,43 +154,19 @@ def _write(
                 except StopIteration:
                     break
                 except Exception:
-                    for _, future in pending:  # a problem in the rows read before comes first
+                    for future in pending:  # a problem in the rows read before comes first
                         future.result()
                     raise
-                pending.append((task, pool.submit(task.score)))
+                pending.append(pool.submit(task))
                 while len(pending) >= _IN_FLIGHT:
-                    write(pending.popleft()[1].result())  # re-raises a failed task, in order
-            while len(pending) > 1:
-                write(pending.popleft()[1].result())
-            if pending:
-                task, future = pending.popleft()
-                write(_last_block(task, future.result(), rows))
+                    write(pending.popleft().result())  # re-raises a failed task, in order
+            while pending:
+                write(pending.popleft().result())
     finally:
-        for _, future in pending:
+        for future in pending:
             future.cancel()
-        wait([future for _, future in pending])  # those running: the next pass needs the cores
+        wait(pending)  # those running: the next pass needs the cores
     return rows, anomalous
-
-
-def _last_block(task: _Task, done: ScoredText, before: int) -> ScoredText:
-    """The file's last block, its last row scored again if score_columns scores it alone.
-
-    ``before``: the rows of the file before the block. score_columns searches a batch's
-    rows in chunks, and a chunk of one row (or a file of one row) rounds otherwise than the
-    same row among others; a block scored without knowing it is the last cannot tell.
-    """
-    rows = before + done.rows
-    alone: Alone | None = "file" if rows == 1 else "chunk" if lone_row(rows) else None
-    if alone is None:
-        return done
-    again = task.last_row(alone=alone)
-    # Every text ends with a newline at the end of a row; the last row is after the one
-    # before the end.
-    last = done.texts[-1]
-    start = last.to_pybytes().rfind(b"\n", 0, last.size - 1) + 1
-    texts = [*done.texts[:-1], last[:start], *again.texts]
-    anomalous = done.anomalous - done.last_anomalous + again.anomalous
-    return ScoredText(texts, done.rows, anomalous, again.last_anomalous)
 
 
 def _batch_tasks(
@@ -204,11 +175,7 @@ def _batch_tasks(
     """The general path: batches parsed by :func:`training.data.iter_text`, re-quoted."""
     done = 0
     for batch in iter_text(source, chunk_rows=chunk_rows):
-        last = batch.num_rows - 1
-        yield _Task(
-            functools.partial(scorer.score, batch, done),
-            functools.partial(scorer.score, batch.slice(last), done + last),
-        )
+        yield functools.partial(scorer.score, batch, done)
         done += batch.num_rows
 
 
@@ -258,11 +225,7 @@ def _line_blocks(scorer: BlockScorer, source: Path, chunk_rows: int) -> Iterator
             cut = block.rfind(b"\n", 0, end) + 1
             if cut:
                 carry = bytes(block[cut:end])
-                last = bytearray(block[block.rfind(b"\n", 0, cut - 1) + 1 : cut])
-                yield _Task(
-                    functools.partial(score, block, cut),
-                    functools.partial(scorer.score_lines, last),
-                )
+                yield functools.partial(score, block, cut)
                 blocks += 1
             elif end < _MAX_BLOCK_BYTES:  # a line longer than the block: read on
                 carry = bytes(block[:end])
@@ -270,12 +233,7 @@ def _line_blocks(scorer: BlockScorer, source: Path, chunk_rows: int) -> Iterator
                 raise NotLines  # the general path says how long
         carry = carry.rstrip(b"\n")  # blank lines are no rows; the last may lack its newline
         if carry:
-            block = bytearray(carry + b"\n")
-            last = bytearray(block[block.rfind(b"\n", 0, len(block) - 1) + 1 :])
-            yield _Task(
-                functools.partial(scorer.score_lines, block),
-                functools.partial(scorer.score_lines, last),
-            )
+            yield functools.partial(scorer.score_lines, bytearray(carry + b"\n"))
         elif not blocks:
             raise NotLines  # no data rows: the general path says so
 

@@ -248,7 +248,7 @@ def score_columns(
         rare_pattern=verdict.rare_pattern,
         x=x,
         diff=diff,
-        field_distance=(diff * diff) @ plan.group,
+        field_distance=kmeans.row_products(diff * diff, plan.group),
         unseen=transformed.unseen,
         columns=columns,
     )

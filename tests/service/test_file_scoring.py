@@ -369,12 +369,11 @@ def test_blocks_longer_than_a_scoring_block(model: ScoringModel, tmp_path: Path)
 @pytest.mark.parametrize(
     "edit", [None, lambda lines: "\r\n".join(lines) + "\r\n"], ids=["lines", "crlf"]
 )
-def test_a_last_row_searched_alone_as_score_columns_does(
+def test_a_last_chunk_of_one_row_is_scored_as_score_columns_does(
     model: ScoringModel, tmp_path: Path, edit: Any
 ) -> None:
-    # NearestCentroids.assign searches its rows in chunks: a last chunk of one row is a
-    # product of one row, which rounds otherwise. The file's last block cannot know it is
-    # that row until the file is read: it is scored again.
+    # NearestCentroids.assign searches its rows in chunks, here a last chunk of one row: with
+    # a BLAS product, that row would round otherwise than the same row among others.
     rows = kmeans.ASSIGN_CHUNK_ROWS + 1
     source = demo_csv(tmp_path / "in.csv", rows=rows)
     if edit is not None:  # the general path
@@ -389,7 +388,8 @@ def test_a_last_row_searched_alone_as_score_columns_does(
 def test_a_file_of_one_row_is_scored_as_score_columns_does(
     model: ScoringModel, tmp_path: Path
 ) -> None:
-    # score_columns searches a batch of one row otherwise still (in plain Python).
+    # score_columns searches a batch of one row otherwise still (in plain Python), with the
+    # same operations.
     for seed in range(5):
         source = demo_csv(tmp_path / f"in-{seed}.csv", rows=1, seed=seed)
         target = tmp_path / f"scored-{seed}.csv"
@@ -488,7 +488,8 @@ def test_models_of_one_kind_of_field(tmp_path: Path, fields: tuple[Any, ...]) ->
 
 
 def test_rows_scored_one_by_one_or_together_agree(model: ScoringModel) -> None:
-    # A block of one row must not be a product of one row (BLAS rounds those otherwise).
+    # Each row's verdict is its own, whatever the block (a BLAS product would round a row by
+    # its place in the block).
     table = generate(DemoConfig(rows=200, seed=11))
     numbers = [
         table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)

@@ -249,6 +249,30 @@ def test_assign_large_inputs_are_chunked_consistently() -> None:
     assert np.array_equal(distances[-5:], head_distances)
 
 
+def test_a_row_assigns_the_same_bits_in_any_batch() -> None:
+    # Whatever the batch's size and the row's place in it (BLAS rounds a row by its place in
+    # the product's tiles): what makes /score/batch and score-file agree exactly.
+    rng = np.random.default_rng(11)
+    rows = rng.normal(0.0, 3.0, (41, 13))
+    centroids = rng.normal(0.0, 3.0, (10, 13))
+    nearest = kmeans.NearestCentroids(centroids)
+    clusters, distances = nearest.assign(rows)
+    for size in (1, 2, 3, 5, 7, 8, 9, 17):
+        for start in (0, 1, 40 - size):
+            part_clusters, part_distances = nearest.assign(rows[start : start + size])
+            assert np.array_equal(part_clusters, clusters[start : start + size])
+            assert part_distances.tobytes() == distances[start : start + size].tobytes()
+
+
+def test_row_products_sum_each_entry_in_column_order() -> None:
+    rng = np.random.default_rng(12)
+    rows, matrix = rng.normal(size=(9, 13)), rng.normal(size=(13, 10))
+    expected = rows[:, :1] * matrix[0]
+    for j in range(1, 13):
+        expected = expected + rows[:, j : j + 1] * matrix[j]
+    assert kmeans.row_products(rows, matrix).tobytes() == expected.tobytes()
+
+
 def test_assign_ties_go_to_the_lowest_index() -> None:
     centroids = np.array([[1.0, 0.0], [-1.0, 0.0], [1.0, 0.0]], dtype=np.float32)
     clusters, distances = assign(np.array([[0.0, 0.0], [1.0, 0.0], [-1.0, 0.0]]), centroids)
