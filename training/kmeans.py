@@ -181,14 +181,14 @@ def fit_arrays(
 def row_products(rows: FloatArray, matrix: FloatArray, out: FloatArray | None = None) -> FloatArray:
     """``rows @ matrix``, each row's result a function of that row alone.
 
-    Every entry is summed in column order, one product after the other (einsum's plain loop,
-    not BLAS), so a row gets the same bits whatever the rows around it, their number and the
-    CPU. BLAS does not promise that: its kernels take the rows in tiles, and a row left over
-    at a tile's edge is summed by another kernel, in another order. Measured with OpenBLAS's
-    AVX2 kernels: the last row of any product of an odd number of rows; with others, a
-    product of one row. Serving relies on it: a row's distance is the same in a batch of any
-    size, in ``fraudscore score-file`` and on any replica. It costs a few times a BLAS
-    product of these shapes (tens of columns), still well under a microsecond a row.
+    Every entry is summed in column order, one product after the other (einsum's loop, not
+    BLAS), so a row gets the same bits whatever the rows around it and their number. BLAS
+    does not promise that: its kernels take the rows in tiles, and a row left over at a
+    tile's edge is summed by another kernel, in another order. Measured with OpenBLAS's AVX2
+    kernels: the last row of any product of an odd number of rows; with others, a product
+    of one row. Serving relies on it: a row's distance is the same in a batch of any size
+    and in ``fraudscore score-file``. It costs a few times a BLAS product of these shapes
+    (tens of columns), still well under a microsecond a row.
     """
     return np.einsum("ij,jk->ik", rows, matrix, out=out)
 
