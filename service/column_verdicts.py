@@ -272,5 +272,5 @@ def _categorical_parts(model: ScoringModel) -> list[npt.NDArray[np.float64]]:
         x[:, start : start + width - 1] = np.tile(np.eye(width, width - 1, -1), (k, 1))
         diff = x - centre
         grouped = row_products(diff * diff, plan.group)
-        parts.append(np.ascontiguousarray(grouped[: k * width, f].reshape(k, width)))
+        parts.append(np.ascontiguousarray(grouped[:, f].reshape(k, width)))
     return parts

@@ -185,8 +185,8 @@ def row_products(rows: FloatArray, matrix: FloatArray, out: FloatArray | None = 
     BLAS), so a row gets the same bits whatever the rows around it and their number. BLAS
     does not promise that: its kernels take the rows in tiles, and a row left over at a
     tile's edge is summed by another kernel, in another order. Measured with OpenBLAS's AVX2
-    kernels: the last row of any product of an odd number of rows; with others, a product
-    of one row. Serving relies on it: a row's distance is the same in a batch of any size
+    kernels: the last row of any product of an odd number of rows; with other builds, a
+    product of one row. Serving relies on it: a row's distance is the same in a batch of any size
     and in ``fraudscore score-file``. It costs a few times a BLAS product of these shapes
     (tens of columns), still well under a microsecond a row.
     """

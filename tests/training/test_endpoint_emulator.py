@@ -1,5 +1,5 @@
 """The loopback kmeans:1 endpoint, reached by boto3's ``sagemaker-runtime`` as the service
-reaches it: answers, injected failures, and latency counted from the request's arrival."""
+reaches it: answers, injected failures, and the latency held on every answer."""
 
 from __future__ import annotations
 
