@@ -87,10 +87,12 @@ def create_app(
         access_log = AccessLog()
     registry = registry if registry is not None else open_registry(settings.registry)
     backend = backend if backend is not None else _backend(settings)
+    # A blocking backend's calls wait on I/O: many at once. An embedded backend's large
+    # batches are CPU work: one at a time, in arrival order, off the event loop.
     executor = (
         ThreadPoolExecutor(settings.backend_threads, thread_name_prefix="backend")
         if backend.blocking
-        else None
+        else ThreadPoolExecutor(1, thread_name_prefix="batch-scoring")
     )
     if jobs is None:
         jobs = JobManager(
@@ -149,8 +151,7 @@ def create_app(
             if access_log is not None:
                 access_log.flush()
             await asyncio.to_thread(jobs.shutdown)
-            if executor is not None:
-                executor.shutdown(wait=False, cancel_futures=True)
+            executor.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
         title="fraudscore",
