@@ -132,7 +132,7 @@ class DataPlane:
         if not self.backend.blocking:
             if self.executor is not None and len(body) > INLINE_BATCH_BYTES:
                 # Milliseconds of CPU: on the event loop they would stall every other
-                # connection's reads and writes, and the rest of responses already sent.
+                # connection's reads and writes, the unsent part of large responses too.
                 loop = asyncio.get_running_loop()
                 return await loop.run_in_executor(self.executor, self._score_batch_here, body)
             return self._score_batch_here(body)

@@ -106,6 +106,8 @@ def test_a_bad_large_batch_is_refused_from_the_scoring_thread(registry: Registry
     async def main() -> bytes:
         batch = asyncio.ensure_future(plane.score_batch(body))
         await turns()
+        assert not batch.done()  # validated on the scoring thread, not on the event loop
+        assert len(executor.held) == 1
         executor.release()
         return await batch
 
