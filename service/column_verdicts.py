@@ -2,10 +2,11 @@
 
 :class:`ColumnScorer` computes a block's cluster, distance, score, anomalous flag and top
 reason, and nothing else: no reasons as objects, no shares. Every number that reaches the
-output comes from the same floating-point operations, on arrays of the same layout, as
+output comes from the same floating-point operations, in the same order, as
 ``FeatureSpec.transform``, ``NearestCentroids.assign``, ``judge`` and
-``ScoredBatch.top_reason``, so it is the same value; the work is done a cache-sized block
-of rows at a time in arrays each thread reuses.
+``ScoredBatch.top_reason`` (where an operation's result may depend on its arrays' layout,
+on arrays of the same layout), so it is the same value; the work is done a cache-sized
+block of rows at a time in arrays each thread reuses.
 
 The top reason needs each field's part of the squared distance, ``(x_j - c_j)²`` summed over
 the field's columns. A numeric field has one column, so its part is that square exactly (the
@@ -15,8 +16,9 @@ grouping product on one row per (cluster, category), and looked up; so is whethe
 field may be named. The top reason is then the first field with the largest part among
 those that may be named, as ``argmax`` picks it.
 
-Each row's numbers depend on that row alone (the products are
-:func:`training.kmeans.row_products`, not BLAS), so blocks may start and end anywhere.
+Each row's numbers depend on that row alone (the products are summed in column order, as
+:func:`training.kmeans.row_products` sums them, not by BLAS), so blocks may start and end
+anywhere.
 """
 
 from __future__ import annotations
@@ -50,6 +52,20 @@ class BlockVerdicts:
     reason: npt.NDArray[np.intp]
 
 
+@dataclass(frozen=True)
+class _Term:
+    """One term of the assignment's product, for a block laid out (cluster, row).
+
+    A numeric column: its row in the scaled numbers, its weights per cluster as (k, 1). A
+    categorical field: its row in the codes, its weights per cluster and category as
+    (k, 1 + categories), column 0 for an unseen category (zeros: it adds nothing).
+    """
+
+    source: int
+    weights: npt.NDArray[np.float64]
+    categorical: bool
+
+
 class OutOfRange(Exception):
     """A scaled value beyond ``MAX_SCALED``, which ``FeatureSpec.transform`` refuses."""
 
@@ -69,7 +85,8 @@ class _Workspace:
         self.sign = np.empty(rows, dtype=np.float64)
         self.x = np.empty((rows, fp.dim), dtype=np.float64)
         self.where = np.empty((len(fp.categorical), rows), dtype=np.intp)
-        self.block = np.empty((rows, k), dtype=np.float64)
+        self.product = np.empty((k, rows), dtype=np.float64)  # (cluster, row): see _assign
+        self.term = np.empty((k, rows), dtype=np.float64)
         self.labels = np.empty(rows, dtype=np.intp)
         self.at = np.empty(rows, dtype=np.intp)
         self.norms = np.empty(rows, dtype=np.float64)
@@ -92,12 +109,9 @@ class ColumnScorer:
         plan = model._plan
         self._fp = fp
         self.n_fields = len(plan.fields)
-        k = model.k
-        # The assignment's operands, the very arrays NearestCentroids.assign uses; the
-        # centres' norms repeated per row so that adding them is one contiguous pass.
-        self._minus_two_t = plan.nearest._minus_two_t
-        self._centroid_norms = np.tile(plan.nearest._norms, BLOCK_ROWS)
-        self._row_at = np.arange(0, BLOCK_ROWS * k, k)  # each row's first value in a block
+        # The assignment's operands, from the very arrays NearestCentroids.assign uses.
+        self._centroid_norms = np.ascontiguousarray(plan.nearest._norms[:, None])
+        self._terms = _product_terms(fp, plan.nearest._minus_two_t)
         self._row_x = np.arange(0, BLOCK_ROWS * fp.dim, fp.dim)
         self._category_start = np.array(fp.category_start, dtype=np.intp)[:, None]
         self._spread = np.asarray(fp.spread, dtype=np.float64)[:, None]  # per row of scaled
@@ -146,7 +160,7 @@ class ColumnScorer:
                 scaled, x = self._vectors(work, rows, row_codes, hi - lo)
             except OutOfRange as bad:
                 raise OutOfRange(lo + bad.index, bad.field) from None
-            labels = self._assign(work, x, distance[lo:hi])
+            labels = self._assign(work, x, scaled, row_codes, distance[lo:hi])
             self._top_reason(work, scaled, row_codes, labels, reason[lo:hi])
             cluster[lo:hi] = labels
         verdict = judge(self.model.thresholds, cluster, distance)
@@ -196,16 +210,38 @@ class ColumnScorer:
         return scaled, x
 
     def _assign(
-        self, work: _Workspace, x: npt.NDArray[np.float64], distance: npt.NDArray[np.float64]
+        self,
+        work: _Workspace,
+        x: npt.NDArray[np.float64],
+        scaled: npt.NDArray[np.float64],
+        codes: npt.NDArray[np.intp],
+        distance: npt.NDArray[np.float64],
     ) -> npt.NDArray[np.intp]:
-        """``NearestCentroids.assign``'s batch formula: clusters; distances into ``distance``."""
+        """``NearestCentroids.assign``'s batch formula: clusters; distances into ``distance``.
+
+        The product ``x @ -2Cᵀ`` is summed as :func:`training.kmeans.row_products` sums it:
+        term by term in column order, each a product then a sum. A one-hot column adds
+        ``1 * w``, exactly ``w``, or a zero, which leaves the sum as it is (but for the sign
+        of a zero sum, which adding ``||c||² >= 0`` erases); so a categorical field is one
+        term, its row of ``-2Cᵀ`` looked up by category, and its zeros are skipped. The
+        terms are laid out (cluster, row), each one contiguous pass over the block: 0.6 ms
+        against einsum's 1.7 ms for 16 384 rows of 13 columns and k = 10.
+        """
         m = len(x)
-        block = row_products(x, self._minus_two_t, out=work.block[:m])
-        flat = block.reshape(-1)
-        np.add(flat, self._centroid_norms[: flat.size], out=flat)
-        labels = block.argmin(axis=1, out=work.labels[:m])
-        at = np.add(self._row_at[:m], labels, out=work.at[:m])
-        squared = np.take(flat, at, out=distance)
+        product = work.product[:, :m]
+        term = work.term[:, :m]
+        for n, t in enumerate(self._terms):
+            into = term if n else product
+            if t.categorical:
+                at = np.add(codes[t.source], 1, out=work.at[:m])
+                np.take(t.weights, at, axis=1, out=into)
+            else:
+                np.multiply(t.weights, scaled[t.source], out=into)
+            if n:
+                product += term
+        product += self._centroid_norms
+        labels = product.argmin(axis=0, out=work.labels[:m])
+        squared = np.min(product, axis=0, out=distance)  # the value argmin picks, exactly
         squared += np.einsum("ij,ij->i", x, x, out=work.norms[:m])
         np.maximum(squared, 0.0, out=squared)
         np.sqrt(squared, out=squared)
@@ -249,6 +285,22 @@ class ColumnScorer:
             step *= better.view(np.uint8)
             top += step
         reason[:] = top
+
+
+def _product_terms(fp: Any, minus_two_t: npt.NDArray[np.float64]) -> list[_Term]:
+    """The terms of ``x @ minus_two_t`` in column order, for :meth:`ColumnScorer._assign`.
+
+    A categorical field is one term, at its first column (its columns are adjacent).
+    """
+    terms: list[tuple[int, _Term]] = []
+    for j, column in enumerate(fp.numeric_at):
+        weights = np.ascontiguousarray(minus_two_t[column, :, None])
+        terms.append((int(column), _Term(j, weights, categorical=False)))
+    for i, (start, index) in enumerate(zip(fp.category_start, fp.category_index, strict=True)):
+        weights = np.zeros((minus_two_t.shape[1], len(index) + 1), dtype=np.float64)
+        weights[:, 1:] = minus_two_t[start : start + len(index)].T
+        terms.append((int(start), _Term(i, weights, categorical=True)))
+    return [term for _, term in sorted(terms, key=lambda t: t[0])]
 
 
 def _categorical_parts(model: ScoringModel) -> list[npt.NDArray[np.float64]]:

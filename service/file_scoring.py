@@ -3,7 +3,7 @@
 Each output row is the input row's text, then ``cluster, distance, threshold, score,
 anomalous, top_reason``. The verdicts are equal bit for bit to those of
 :func:`service.scoring.score_columns` (:mod:`service.column_verdicts` computes them with the
-same operations on arrays of the same layout; numbers are written as the shortest text that
+same operations in the same order; numbers are written as the shortest text that
 reads back equal), and nothing is computed that the output does not need: no per-row
 Python objects.
 
