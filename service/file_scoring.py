@@ -215,9 +215,10 @@ def _line_blocks(scorer: BlockScorer, source: Path, chunk_rows: int) -> Iterator
         while True:
             # Read into the block directly: the lines are copied from the file once.
             need = len(carry) + size
-            block = spare.pop() if spare else bytearray(need)
+            block = spare.pop() if spare else bytearray(0)
             if len(block) < need:
-                block = bytearray(need)
+                # Room for a longer carry next time, so that the block can be reused.
+                block = bytearray(need + (size >> 6))
             block[: len(carry)] = carry
             end = len(carry) + fh.readinto(memoryview(block)[len(carry) : need])
             if end == len(carry):
