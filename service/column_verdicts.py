@@ -245,6 +245,8 @@ class ColumnScorer:
         product += self._centroid_norms
         labels = product.argmin(axis=0, out=work.labels[:m])
         squared = np.min(product, axis=0, out=distance)  # the value argmin picks, exactly
+        # ||x||² as NearestCentroids computes it: this einsum's own summation order, which
+        # is not column order; so the vectors ``x`` are still built, for this alone.
         squared += np.einsum("ij,ij->i", x, x, out=work.norms[:m])
         np.maximum(squared, 0.0, out=squared)
         np.sqrt(squared, out=squared)
