@@ -37,6 +37,11 @@ from service.schemas import TRANSACTION_EXAMPLE
 
 ROOT = Path(__file__).resolve().parent.parent
 TRANSACTION = TRANSACTION_EXAMPLE  # the documented example: every demo model field
+# Apps in benchmarks/ that uvicorn runs like the service: kind -> (target, is a factory).
+BENCHMARK_APPS = {
+    "raw": ("_raw_asgi:app", False),  # constant JSON: the HTTP baseline
+    "free-endpoint": ("_free_endpoint:app", True),  # the service, endpoint calls cost nothing
+}
 
 
 def free_port() -> int:
@@ -63,18 +68,25 @@ def wait_until_up(url: str, process: subprocess.Popen[bytes], timeout_s: float =
 def server(
     kind: str, workers: int, registry: Path, log: Path, extra_env: Mapping[str, str] | None = None
 ) -> Iterator[str]:
-    """Start the raw app or the service on a free loopback port; yield its base URL."""
+    """Start a benchmark app (``BENCHMARK_APPS``) or the service on a free loopback port;
+    yield its base URL."""
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT), **(extra_env or {}))
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[name] = "1"
-    if kind == "raw":
+    if kind in BENCHMARK_APPS:
+        target, factory = BENCHMARK_APPS[kind]
         command = [
-            sys.executable, "-m", "uvicorn", "_raw_asgi:app", "--app-dir", str(ROOT / "benchmarks"),
+            sys.executable, "-m", "uvicorn", target, "--app-dir", str(ROOT / "benchmarks"),
             "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
             "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
+            *(["--factory", "--no-server-header"] if factory else []),
         ]  # fmt: skip
         probe = "/"
+        if factory:  # the service's app factory, configured as `serve` would configure it
+            env["FRAUDSCORE_REGISTRY"] = str(registry)
+            env["FRAUDSCORE_ACCESS_LOG"] = "true"
+            probe = "/readyz"
     else:
         command = [
             sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1",

@@ -7,6 +7,12 @@ request, p99 at most 2 x the endpoint latency + 10 ms. The endpoint is
 ``training.endpoint_emulator.EndpointEmulator`` (the kmeans:1 answer from the model's
 centroids), reached by boto3 through ``AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME``. Needs ``wrk``.
 
+A third mode measures the ceiling: the same service with micro-batching on, but its
+``sagemaker-runtime`` client replaced by one that waits the endpoint's latency in process and
+costs nothing else (``benchmarks/_free_endpoint.py``). It shows how much of the gap to the
+target is the boto3 call, and how much is everything else on the machine (HTTP, the service's
+own work, batching, wrk).
+
 Everything shares the machine's cores (wrk, the service, the emulator): on a busy machine
 the numbers move by 10-20 % from run to run. ``--rounds N`` measures N times, batching on
 and off in turn, and prints every measurement (with the load average it ran under) and the
@@ -29,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+from _free_endpoint import LATENCY_VARIABLE
 from http_service import TRANSACTION, demo_registry, post_script, server, wrk
 
 from training.endpoint_emulator import EndpointEmulator
@@ -43,9 +50,17 @@ class Measurement:
 
     rps: float
     p99_ms: float
-    calls_per_request: float
-    rows_per_call: float
+    calls_per_request: float | None  # None: counted nowhere (the free client's mode)
+    rows_per_call: float | None
     load: float  # the machine's 1-minute load average when the run ended
+
+
+# How the service is run in each mode: (micro-batching, endpoint reached through boto3).
+MODES = {
+    "micro-batching on": (True, True),
+    "micro-batching off": (False, True),
+    "on, free client": (True, False),
+}
 
 
 def measure(
@@ -54,23 +69,34 @@ def measure(
     centroids: npt.NDArray[np.float32],
     *,
     batching: bool,
+    boto3: bool,
     latency_s: float,
     duration_s: float,
     connections: int,
 ) -> Measurement:
-    """Start an endpoint and one service worker, warm up, then measure with wrk."""
+    """Start an endpoint and one service worker, warm up, then measure with wrk.
+
+    ``boto3`` False: no endpoint server; the service's client answers in process
+    (``_free_endpoint.py``).
+    """
     script = post_script(work, "score", json.dumps(TRANSACTION).encode())
+    env = {
+        "FRAUDSCORE_BACKEND": "sagemaker",
+        "FRAUDSCORE_ENDPOINT_NAME": ENDPOINT,
+        "FRAUDSCORE_AWS_REGION": "eu-west-1",
+        "FRAUDSCORE_MICRO_BATCH": str(batching).lower(),
+        "FRAUDSCORE_BACKEND_THREADS": "64",
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+    }
+    if not boto3:
+        env[LATENCY_VARIABLE] = str(latency_s)
+        with server("free-endpoint", 1, registry, work / "server.log", env) as url:
+            wrk(url + "/score", script, 1.0, connections)  # warm-up
+            rps, p99 = wrk(url + "/score", script, duration_s, connections)
+        return Measurement(rps, p99, None, None, os.getloadavg()[0])
     with EndpointEmulator(centroids, endpoint_name=ENDPOINT, latency_s=latency_s) as ep:
-        env = {
-            "FRAUDSCORE_BACKEND": "sagemaker",
-            "FRAUDSCORE_ENDPOINT_NAME": ENDPOINT,
-            "FRAUDSCORE_AWS_REGION": "eu-west-1",
-            "FRAUDSCORE_MICRO_BATCH": str(batching).lower(),
-            "FRAUDSCORE_BACKEND_THREADS": "64",
-            "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": ep.url,
-            "AWS_ACCESS_KEY_ID": "bench",
-            "AWS_SECRET_ACCESS_KEY": "bench",
-        }
+        env["AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME"] = ep.url
         with server("service", 1, registry, work / "server.log", env) as url:
             wrk(url + "/score", script, 1.0, connections)  # warm-up
             calls_before, rows_before = ep.calls, ep.rows
@@ -82,6 +108,15 @@ def measure(
         calls_per_request=calls / (rps * duration_s),
         rows_per_call=rows / max(calls, 1),
         load=os.getloadavg()[0],
+    )
+
+
+def _calls(m: Measurement) -> str:
+    if m.calls_per_request is None or m.rows_per_call is None:
+        return "calls not counted"
+    return (
+        f"{m.calls_per_request:.3f} calls per request (target <= 0.2), "
+        f"{m.rows_per_call:.1f} rows per call"
     )
 
 
@@ -111,36 +146,36 @@ def main() -> None:
             f"endpoint latency {args.latency_ms:g} ms, {args.connections} connections, "
             f"{args.duration:g} s, one worker"
         )
-        results: dict[bool, list[Measurement]] = {True: [], False: []}
+        results: dict[str, list[Measurement]] = {mode: [] for mode in MODES}
         for _ in range(args.rounds):
-            for batching in (True, False):
+            for mode, (batching, boto3) in MODES.items():
                 m = measure(
                     registry,
                     work,
                     centroids,
                     batching=batching,
+                    boto3=boto3,
                     latency_s=latency,
                     duration_s=args.duration,
                     connections=args.connections,
                 )
-                results[batching].append(m)
+                results[mode].append(m)
                 print(
-                    f"micro-batching {'on ' if batching else 'off'}: {m.rps:>7.0f} req/s "
+                    f"{mode:<18}: {m.rps:>7.0f} req/s "
                     f"({m.rps / ideal:.2f}x of {ideal:.0f}; target >= 0.8 with batching), "
                     f"mean {args.connections / m.rps * 1000:.1f} ms, "
-                    f"p99 {m.p99_ms:.1f} ms (limit {limit:.0f}), "
-                    f"{m.calls_per_request:.3f} calls per request (target <= 0.2), "
-                    f"{m.rows_per_call:.1f} rows per call, load {m.load:.1f}",
+                    f"p99 {m.p99_ms:.1f} ms (limit {limit:.0f}), {_calls(m)}, "
+                    f"load {m.load:.1f}",
                     flush=True,
                 )
         if args.rounds > 1:
-            for batching, runs in results.items():
+            for mode, runs in results.items():
                 rps = statistics.median(m.rps for m in runs)
+                counted = [m.calls_per_request for m in runs if m.calls_per_request is not None]
+                calls = f", {statistics.median(counted):.3f} calls per request" if counted else ""
                 print(
-                    f"median, micro-batching {'on ' if batching else 'off'}: {rps:>7.0f} req/s "
-                    f"({rps / ideal:.2f}x), p99 {statistics.median(m.p99_ms for m in runs):.1f}"
-                    f" ms, {statistics.median(m.calls_per_request for m in runs):.3f} calls "
-                    "per request"
+                    f"median, {mode:<18}: {rps:>7.0f} req/s ({rps / ideal:.2f}x), "
+                    f"p99 {statistics.median(m.p99_ms for m in runs):.1f} ms{calls}"
                 )
 
 
