@@ -14,8 +14,8 @@ target is the boto3 call, and how much is everything else on the machine (HTTP, 
 own work, batching, wrk).
 
 Everything shares the machine's cores (wrk, the service, the emulator): on a busy machine
-the numbers move by 10-20 % from run to run. ``--rounds N`` measures N times, batching on
-and off in turn, and prints every measurement (with the load average it ran under) and the
+the numbers move by 10-20 % from run to run. ``--rounds N`` measures N times, the three
+modes in turn, and prints every measurement (with the load average it ran under) and the
 medians.
 
     .venv/bin/python benchmarks/sagemaker_backend.py [--quick] [--duration S] [--rounds N]
