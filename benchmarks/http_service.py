@@ -31,6 +31,7 @@ import time
 import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from service.schemas import TRANSACTION_EXAMPLE
@@ -42,6 +43,14 @@ BENCHMARK_APPS = {
     "raw": ("_raw_asgi:app", False),  # constant JSON: the HTTP baseline
     "free-endpoint": ("_free_endpoint:app", True),  # the service, endpoint calls cost nothing
 }
+
+
+@dataclass(frozen=True)
+class Running:
+    """A server started by :func:`server`: its base URL and process id."""
+
+    url: str
+    pid: int
 
 
 def free_port() -> int:
@@ -67,9 +76,9 @@ def wait_until_up(url: str, process: subprocess.Popen[bytes], timeout_s: float =
 @contextmanager
 def server(
     kind: str, workers: int, registry: Path, log: Path, extra_env: Mapping[str, str] | None = None
-) -> Iterator[str]:
+) -> Iterator[Running]:
     """Start a benchmark app (``BENCHMARK_APPS``) or the service on a free loopback port;
-    yield its base URL."""
+    yield its URL and process (with one worker, the process that serves)."""
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT), **(extra_env or {}))
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -99,7 +108,7 @@ def server(
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_up(url + probe, process)
-        yield url
+        yield Running(url, process.pid)
     finally:
         process.terminate()
         try:
@@ -196,7 +205,8 @@ def main() -> None:
         ]
         for round_ in range(args.rounds):
             for label, kind, workers, route, script in plan:
-                with server(kind, workers, registry, log) as url:
+                with server(kind, workers, registry, log) as running:
+                    url = running.url
                     body = single if script == "score" else batch
                     if kind == "service":
                         check(url + route, body)

@@ -13,6 +13,12 @@ costs nothing else (``benchmarks/_free_endpoint.py``). It shows how much of the 
 target is the boto3 call, and how much is everything else on the machine (HTTP, the service's
 own work, batching, wrk).
 
+Each measurement also gives the CPU the service process used meanwhile (from ``/proc``), in
+cores: all its threads, and its main thread alone, the event loop that reads and answers
+every request. An event loop well short of one core is not what limits the throughput: the
+requests' latency is (each waits for the others of its burst, and for the hand-offs of its
+call to a thread and back).
+
 Everything shares the machine's cores (wrk, the service, the emulator): on a busy machine
 the numbers move by 10-20 % from run to run. ``--rounds N`` measures N times, the three
 modes in turn, and prints every measurement (with the load average it ran under) and the
@@ -31,12 +37,14 @@ import os
 import shutil
 import statistics
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 from _free_endpoint import LATENCY_VARIABLE
-from http_service import TRANSACTION, demo_registry, post_script, server, wrk
+from http_service import TRANSACTION, Running, demo_registry, post_script, server, wrk
 
 from training.endpoint_emulator import EndpointEmulator
 from training.registry import open_registry
@@ -53,6 +61,42 @@ class Measurement:
     calls_per_request: float | None  # None: counted nowhere (the free client's mode)
     rows_per_call: float | None
     load: float  # the machine's 1-minute load average when the run ended
+    cpu: Usage | None  # the service process's, during the measurement (None: no /proc)
+
+
+@dataclasses.dataclass(frozen=True)
+class Usage:
+    """CPU the service used during a measurement, in cores (1.0: one core all the time)."""
+
+    process: float  # all its threads
+    loop: float  # its main thread: the event loop
+
+
+def _cpu_seconds(pid: int) -> tuple[float, float] | None:
+    """CPU seconds process ``pid`` has used: (all threads, main thread); None without /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def used(stat: str) -> float:
+        # After the command name in parentheses: state is field 3, utime 14, stime 15.
+        fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    try:
+        return used(f"/proc/{pid}/stat"), used(f"/proc/{pid}/task/{pid}/stat")
+    except OSError:
+        return None
+
+
+def _load(
+    running: Running, run: Callable[[], tuple[float, float]]
+) -> tuple[float, float, Usage | None]:
+    """``run()`` (a wrk measurement: req/s, p99) and the CPU ``running`` used meanwhile."""
+    before, start = _cpu_seconds(running.pid), time.perf_counter()
+    rps, p99 = run()
+    after, wall = _cpu_seconds(running.pid), time.perf_counter() - start
+    if before is None or after is None:
+        return rps, p99, None
+    return rps, p99, Usage((after[0] - before[0]) / wall, (after[1] - before[1]) / wall)
 
 
 # How the service is run in each mode: (micro-batching, endpoint reached through boto3).
@@ -91,16 +135,18 @@ def measure(
     }
     if not boto3:
         env[LATENCY_VARIABLE] = str(latency_s)
-        with server("free-endpoint", 1, registry, work / "server.log", env) as url:
-            wrk(url + "/score", script, 1.0, connections)  # warm-up
-            rps, p99 = wrk(url + "/score", script, duration_s, connections)
-        return Measurement(rps, p99, None, None, os.getloadavg()[0])
+        with server("free-endpoint", 1, registry, work / "server.log", env) as running:
+            url = running.url + "/score"
+            wrk(url, script, 1.0, connections)  # warm-up
+            rps, p99, cpu = _load(running, lambda: wrk(url, script, duration_s, connections))
+        return Measurement(rps, p99, None, None, os.getloadavg()[0], cpu)
     with EndpointEmulator(centroids, endpoint_name=ENDPOINT, latency_s=latency_s) as ep:
         env["AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME"] = ep.url
-        with server("service", 1, registry, work / "server.log", env) as url:
-            wrk(url + "/score", script, 1.0, connections)  # warm-up
+        with server("service", 1, registry, work / "server.log", env) as running:
+            url = running.url + "/score"
+            wrk(url, script, 1.0, connections)  # warm-up
             calls_before, rows_before = ep.calls, ep.rows
-            rps, p99 = wrk(url + "/score", script, duration_s, connections)
+            rps, p99, cpu = _load(running, lambda: wrk(url, script, duration_s, connections))
             calls, rows = ep.calls - calls_before, ep.rows - rows_before
     return Measurement(
         rps=rps,
@@ -108,6 +154,7 @@ def measure(
         calls_per_request=calls / (rps * duration_s),
         rows_per_call=rows / max(calls, 1),
         load=os.getloadavg()[0],
+        cpu=cpu,
     )
 
 
@@ -117,6 +164,15 @@ def _calls(m: Measurement) -> str:
     return (
         f"{m.calls_per_request:.3f} calls per request (target <= 0.2), "
         f"{m.rows_per_call:.1f} rows per call"
+    )
+
+
+def _cpu(m: Measurement) -> str:
+    if m.cpu is None:
+        return ""
+    return (
+        f", service CPU {m.cpu.process:.2f} cores (event loop {m.cpu.loop:.2f}, "
+        f"{m.cpu.process / m.rps * 1e6:.0f} µs per request)"
     )
 
 
@@ -164,7 +220,7 @@ def main() -> None:
                     f"{mode:<18}: {m.rps:>7.0f} req/s "
                     f"({m.rps / ideal:.2f}x of {ideal:.0f}; target >= 0.8 with batching), "
                     f"mean {args.connections / m.rps * 1000:.1f} ms, "
-                    f"p99 {m.p99_ms:.1f} ms (limit {limit:.0f}), {_calls(m)}, "
+                    f"p99 {m.p99_ms:.1f} ms (limit {limit:.0f}), {_calls(m)}{_cpu(m)}, "
                     f"load {m.load:.1f}",
                     flush=True,
                 )
