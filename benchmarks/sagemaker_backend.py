@@ -31,6 +31,7 @@ medians.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -38,13 +39,12 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 from _free_endpoint import LATENCY_VARIABLE
-from http_service import TRANSACTION, Running, demo_registry, post_script, server, wrk
+from http_service import TRANSACTION, demo_registry, post_script, server, wrk
 
 from training.endpoint_emulator import EndpointEmulator
 from training.registry import open_registry
@@ -87,16 +87,12 @@ def _cpu_seconds(pid: int) -> tuple[float, float] | None:
         return None
 
 
-def _load(
-    running: Running, run: Callable[[], tuple[float, float]]
-) -> tuple[float, float, Usage | None]:
-    """``run()`` (a wrk measurement: req/s, p99) and the CPU ``running`` used meanwhile."""
-    before, start = _cpu_seconds(running.pid), time.perf_counter()
-    rps, p99 = run()
-    after, wall = _cpu_seconds(running.pid), time.perf_counter() - start
+def _cpu_used(pid: int, before: tuple[float, float] | None, wall_s: float) -> Usage | None:
+    """The CPU process ``pid`` used since ``before`` (from :func:`_cpu_seconds`), in cores."""
+    after = _cpu_seconds(pid)
     if before is None or after is None:
-        return rps, p99, None
-    return rps, p99, Usage((after[0] - before[0]) / wall, (after[1] - before[1]) / wall)
+        return None
+    return Usage((after[0] - before[0]) / wall_s, (after[1] - before[1]) / wall_s)
 
 
 # How the service is run in each mode: (micro-batching, endpoint reached through boto3).
@@ -133,29 +129,28 @@ def measure(
         "AWS_ACCESS_KEY_ID": "bench",
         "AWS_SECRET_ACCESS_KEY": "bench",
     }
-    if not boto3:
-        env[LATENCY_VARIABLE] = str(latency_s)
-        with server("free-endpoint", 1, registry, work / "server.log", env) as running:
-            url = running.url + "/score"
-            wrk(url, script, 1.0, connections)  # warm-up
-            rps, p99, cpu = _load(running, lambda: wrk(url, script, duration_s, connections))
-        return Measurement(rps, p99, None, None, os.getloadavg()[0], cpu)
-    with EndpointEmulator(centroids, endpoint_name=ENDPOINT, latency_s=latency_s) as ep:
-        env["AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME"] = ep.url
-        with server("service", 1, registry, work / "server.log", env) as running:
-            url = running.url + "/score"
-            wrk(url, script, 1.0, connections)  # warm-up
-            calls_before, rows_before = ep.calls, ep.rows
-            rps, p99, cpu = _load(running, lambda: wrk(url, script, duration_s, connections))
+    with contextlib.ExitStack() as stack:
+        ep: EndpointEmulator | None = None
+        if boto3:
+            ep = stack.enter_context(
+                EndpointEmulator(centroids, endpoint_name=ENDPOINT, latency_s=latency_s)
+            )
+            env["AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME"] = ep.url
+        else:
+            env[LATENCY_VARIABLE] = str(latency_s)
+        kind = "service" if boto3 else "free-endpoint"
+        running = stack.enter_context(server(kind, 1, registry, work / "server.log", env))
+        url = running.url + "/score"
+        wrk(url, script, 1.0, connections)  # warm-up
+        calls_before, rows_before = (ep.calls, ep.rows) if ep is not None else (0, 0)
+        cpu_before, start = _cpu_seconds(running.pid), time.perf_counter()
+        rps, p99 = wrk(url, script, duration_s, connections)
+        cpu = _cpu_used(running.pid, cpu_before, time.perf_counter() - start)
+        per_request = per_call = None
+        if ep is not None:
             calls, rows = ep.calls - calls_before, ep.rows - rows_before
-    return Measurement(
-        rps=rps,
-        p99_ms=p99,
-        calls_per_request=calls / (rps * duration_s),
-        rows_per_call=rows / max(calls, 1),
-        load=os.getloadavg()[0],
-        cpu=cpu,
-    )
+            per_request, per_call = calls / (rps * duration_s), rows / max(calls, 1)
+    return Measurement(rps, p99, per_request, per_call, os.getloadavg()[0], cpu)
 
 
 def _calls(m: Measurement) -> str:
