@@ -42,6 +42,8 @@ TRANSACTION = TRANSACTION_EXAMPLE  # the documented example: every demo model fi
 BENCHMARK_APPS = {
     "raw": ("_raw_asgi:app", False),  # constant JSON: the HTTP baseline
     "free-endpoint": ("_free_endpoint:app", True),  # the service, endpoint calls cost nothing
+    "wait-batched": ("_latency_ceiling:batched", True),  # only waits, batched like the service
+    "wait-alone": ("_latency_ceiling:alone", True),  # only waits, each request by itself
 }
 
 
@@ -128,15 +130,17 @@ def post_script(directory: Path, name: str, body: bytes) -> Path:
     return path
 
 
-def check(url: str, body: bytes) -> None:
-    """One request before the load: the route must answer 200 with a decision."""
+def check(url: str, body: bytes) -> bytes:
+    """One request before the load: the route must answer 200 with a decision (returned)."""
     request = urllib.request.Request(  # noqa: S310 (loopback)
         url, data=body, headers={"Content-Type": "application/json"}
     )
     with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
         if response.status != 200:
             raise SystemExit(f"{url} answered {response.status}")
-        json.loads(response.read())
+        answer: bytes = response.read()
+        json.loads(answer)
+        return answer
 
 
 def wrk(url: str, script: Path, seconds: float, connections: int) -> tuple[float, float]:

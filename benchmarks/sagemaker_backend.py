@@ -7,11 +7,19 @@ request, p99 at most 2 x the endpoint latency + 10 ms. The endpoint is
 ``training.endpoint_emulator.EndpointEmulator`` (the kmeans:1 answer from the model's
 centroids), reached by boto3 through ``AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME``. Needs ``wrk``.
 
-A third mode measures the ceiling: the same service with micro-batching on, but its
+A third mode takes the boto3 call out: the same service with micro-batching on, but its
 ``sagemaker-runtime`` client replaced by one that waits the endpoint's latency in process and
 costs nothing else (``benchmarks/_free_endpoint.py``). It shows how much of the gap to the
 target is the boto3 call, and how much is everything else on the machine (HTTP, the service's
 own work, batching, wrk).
+
+Two more modes measure what this machine allows at all (``benchmarks/_latency_ceiling.py``):
+apps under the same uvicorn settings that read each request, wait the endpoint's latency and
+send the service's response, and do nothing else; one through the service's own
+micro-batcher with its default settings (the ceiling of the service's design), one letting
+every request wait alone on the event loop (the ceiling of any service behind uvicorn here).
+What they fall short of 64 / latency is the HTTP round trip on loopback, wrk and the event
+loop's turns, on the same cores.
 
 Each measurement also gives the CPU the service process used meanwhile (from ``/proc``), in
 cores: all its threads, and its main thread alone, the event loop that reads and answers
@@ -20,7 +28,7 @@ requests' latency is (each waits for the others of its burst, and for the hand-o
 call to a thread and back).
 
 Everything shares the machine's cores (wrk, the service, the emulator): on a busy machine
-the numbers move by 10-20 % from run to run. ``--rounds N`` measures N times, the three
+the numbers move by 10-20 % from run to run. ``--rounds N`` measures N times, the five
 modes in turn, and prints every measurement (with the load average it ran under) and the
 medians.
 
@@ -44,7 +52,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 from _free_endpoint import LATENCY_VARIABLE
-from http_service import TRANSACTION, demo_registry, post_script, server, wrk
+from _latency_ceiling import BODY_VARIABLE
+from http_service import TRANSACTION, check, demo_registry, post_script, server, wrk
 
 from training.endpoint_emulator import EndpointEmulator
 from training.registry import open_registry
@@ -95,32 +104,30 @@ def _cpu_used(pid: int, before: tuple[float, float] | None, wall_s: float) -> Us
     return Usage((after[0] - before[0]) / wall_s, (after[1] - before[1]) / wall_s)
 
 
-# How the service is run in each mode: (micro-batching, endpoint reached through boto3).
+@dataclasses.dataclass(frozen=True)
+class Mode:
+    """What one measurement runs: an app of ``http_service.server``, with or without
+    micro-batching, and whether its endpoint calls reach the emulator through boto3."""
+
+    kind: str
+    batching: bool
+    boto3: bool
+
+
+TARGET_MODE = "micro-batching on"  # the mode the issue's targets are for
 MODES = {
-    "micro-batching on": (True, True),
-    "micro-batching off": (False, True),
-    "on, free client": (True, False),
+    TARGET_MODE: Mode("service", batching=True, boto3=True),
+    "micro-batching off": Mode("service", batching=False, boto3=True),
+    "on, free client": Mode("free-endpoint", batching=True, boto3=False),
+    # The machine's ceilings: apps that only wait the latency (benchmarks/_latency_ceiling.py).
+    "only waits, batched": Mode("wait-batched", batching=True, boto3=False),
+    "only waits, alone": Mode("wait-alone", batching=False, boto3=False),
 }
 
 
-def measure(
-    registry: Path,
-    work: Path,
-    centroids: npt.NDArray[np.float32],
-    *,
-    batching: bool,
-    boto3: bool,
-    latency_s: float,
-    duration_s: float,
-    connections: int,
-) -> Measurement:
-    """Start an endpoint and one service worker, warm up, then measure with wrk.
-
-    ``boto3`` False: no endpoint server; the service's client answers in process
-    (``_free_endpoint.py``).
-    """
-    script = post_script(work, "score", json.dumps(TRANSACTION).encode())
-    env = {
+def service_env(latency_s: float, batching: bool) -> dict[str, str]:
+    """The service's environment in every mode (the emulator's URL is added with boto3)."""
+    return {
         "FRAUDSCORE_BACKEND": "sagemaker",
         "FRAUDSCORE_ENDPOINT_NAME": ENDPOINT,
         "FRAUDSCORE_AWS_REGION": "eu-west-1",
@@ -128,18 +135,41 @@ def measure(
         "FRAUDSCORE_BACKEND_THREADS": "64",
         "AWS_ACCESS_KEY_ID": "bench",
         "AWS_SECRET_ACCESS_KEY": "bench",
+        LATENCY_VARIABLE: str(latency_s),
     }
+
+
+def service_answer(registry: Path, work: Path, latency_s: float) -> bytes:
+    """The service's response body to the benchmark's transaction (the ceilings send it)."""
+    env = service_env(latency_s, batching=True)
+    with server("free-endpoint", 1, registry, work / "server.log", env) as running:
+        return check(running.url + "/score", json.dumps(TRANSACTION).encode())
+
+
+def measure(
+    registry: Path,
+    work: Path,
+    centroids: npt.NDArray[np.float32],
+    mode: Mode,
+    *,
+    answer: bytes,
+    latency_s: float,
+    duration_s: float,
+    connections: int,
+) -> Measurement:
+    """Start an endpoint (with boto3) and one worker of the mode's app, warm up, then
+    measure with wrk. The ceilings answer with ``answer``."""
+    script = post_script(work, "score", json.dumps(TRANSACTION).encode())
+    env = service_env(latency_s, mode.batching)
+    env[BODY_VARIABLE] = answer.decode()
     with contextlib.ExitStack() as stack:
         ep: EndpointEmulator | None = None
-        if boto3:
+        if mode.boto3:
             ep = stack.enter_context(
                 EndpointEmulator(centroids, endpoint_name=ENDPOINT, latency_s=latency_s)
             )
             env["AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME"] = ep.url
-        else:
-            env[LATENCY_VARIABLE] = str(latency_s)
-        kind = "service" if boto3 else "free-endpoint"
-        running = stack.enter_context(server(kind, 1, registry, work / "server.log", env))
+        running = stack.enter_context(server(mode.kind, 1, registry, work / "server.log", env))
         url = running.url + "/score"
         wrk(url, script, 1.0, connections)  # warm-up
         calls_before, rows_before = (ep.calls, ep.rows) if ep is not None else (0, 0)
@@ -197,23 +227,25 @@ def main() -> None:
             f"endpoint latency {args.latency_ms:g} ms, {args.connections} connections, "
             f"{args.duration:g} s, one worker"
         )
+        answer = service_answer(registry, work, latency)
         results: dict[str, list[Measurement]] = {mode: [] for mode in MODES}
         for _ in range(args.rounds):
-            for mode, (batching, boto3) in MODES.items():
+            for mode, how in MODES.items():
                 m = measure(
                     registry,
                     work,
                     centroids,
-                    batching=batching,
-                    boto3=boto3,
+                    how,
+                    answer=answer,
                     latency_s=latency,
                     duration_s=args.duration,
                     connections=args.connections,
                 )
                 results[mode].append(m)
+                target = "; target >= 0.8" if mode == TARGET_MODE else ""
                 print(
-                    f"{mode:<18}: {m.rps:>7.0f} req/s "
-                    f"({m.rps / ideal:.2f}x of {ideal:.0f}; target >= 0.8 with batching), "
+                    f"{mode:<19}: {m.rps:>7.0f} req/s "
+                    f"({m.rps / ideal:.2f}x of {ideal:.0f}{target}), "
                     f"mean {args.connections / m.rps * 1000:.1f} ms, "
                     f"p99 {m.p99_ms:.1f} ms (limit {limit:.0f}), {_calls(m)}{_cpu(m)}, "
                     f"load {m.load:.1f}",
@@ -225,7 +257,7 @@ def main() -> None:
                 counted = [m.calls_per_request for m in runs if m.calls_per_request is not None]
                 calls = f", {statistics.median(counted):.3f} calls per request" if counted else ""
                 print(
-                    f"median, {mode:<18}: {rps:>7.0f} req/s ({rps / ideal:.2f}x), "
+                    f"median, {mode:<19}: {rps:>7.0f} req/s ({rps / ideal:.2f}x), "
                     f"p99 {statistics.median(m.p99_ms for m in runs):.1f} ms{calls}"
                 )
 

@@ -1,0 +1,102 @@
+"""What the SageMaker benchmark could reach on this machine at best: apps that only wait.
+
+Run by ``benchmarks/sagemaker_backend.py`` under the same uvicorn settings as the service.
+Each app reads the request, waits the endpoint's latency and answers with the body the
+service gives the benchmark's transaction; nothing is parsed, validated, scored or sent.
+
+- ``batched()``: the requests go through the service's own :class:`MicroBatcher`, with the
+  service's default settings and a thread pool as large as ``serve`` gives it; each call
+  sleeps the latency on its thread. It bounds the service with micro-batching: the same
+  coalescing and hand-offs, with no work around them.
+- ``alone()``: every request waits on the event loop by itself (one call per request, no
+  thread). It bounds any service behind uvicorn, batched or not, on this machine.
+
+What these reach below ``connections / latency`` is the cost of HTTP on loopback, the load
+generator and the event loop's turns, shared by every app on the same cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from _free_endpoint import LATENCY_VARIABLE
+
+from service.dataplane import MicroBatchSettings
+from service.micro_batching import Columns, MicroBatcher
+from service.model_state import ServingModel
+from service.settings import Settings
+from service.transactions import Decisions
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
+BODY_VARIABLE = "FRAUDSCORE_BENCH_RESPONSE_BODY"
+
+
+def _answering(wait: Callable[[], Awaitable[None]]) -> App:
+    """An ASGI app that reads each request, awaits ``wait()`` and returns the response body."""
+    body = os.environ.get(BODY_VARIABLE, '{"anomalous":false}').encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                await send({"type": message["type"] + ".complete"})
+                if message["type"] == "lifespan.shutdown":
+                    return
+        more = True
+        while more:
+            more = (await receive()).get("more_body", False)
+        await wait()
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+def alone() -> App:
+    """Each request waits the latency on the event loop (uvicorn factory)."""
+    latency_s = float(os.environ[LATENCY_VARIABLE])
+
+    async def wait() -> None:
+        await asyncio.sleep(latency_s)
+
+    return _answering(wait)
+
+
+def batched() -> App:
+    """Requests coalesced by the service's micro-batcher, each call a sleep (uvicorn factory)."""
+    latency_s = float(os.environ[LATENCY_VARIABLE])
+    settings = Settings()
+    defaults = MicroBatchSettings(
+        max_rows=settings.micro_batch_max_rows,
+        max_wait_s=settings.micro_batch_wait_ms / 1000.0,
+        max_in_flight=min(settings.micro_batch_in_flight, settings.backend_threads),
+    )
+
+    def call(_: ServingModel, __: Columns, ids: Sequence[str]) -> Decisions:
+        time.sleep(latency_s)
+        n = len(ids)
+        return Decisions(bodies=[{}] * n, clusters=[0] * n, anomalous=[False] * n, backend="")
+
+    batcher = MicroBatcher(
+        call,
+        ThreadPoolExecutor(settings.backend_threads),
+        max_rows=defaults.max_rows,
+        max_wait_s=defaults.max_wait_s,
+        max_in_flight=defaults.max_in_flight,
+    )
+    serving: Any = object()  # one model version: the batcher only compares it by identity
+    columns: Columns = {"amount": [0.0]}
+
+    async def wait() -> None:
+        await batcher.submit(serving, columns, ("t",))
+
+    return _answering(wait)
