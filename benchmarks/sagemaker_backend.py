@@ -67,7 +67,7 @@ class Measurement:
 
     rps: float
     p99_ms: float
-    calls_per_request: float | None  # None: counted nowhere (the free client's mode)
+    calls_per_request: float | None  # None: no emulator counted them (the modes without boto3)
     rows_per_call: float | None
     load: float  # the machine's 1-minute load average when the run ended
     cpu: Usage | None  # the service process's, during the measurement (None: no /proc)
