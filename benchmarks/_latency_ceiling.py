@@ -20,11 +20,12 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from _free_endpoint import LATENCY_VARIABLE
+from _raw_asgi import BODY, App, answering
 
 from service.dataplane import MicroBatchSettings
 from service.micro_batching import Columns, MicroBatcher
@@ -32,33 +33,12 @@ from service.model_state import ServingModel
 from service.settings import Settings
 from service.transactions import Decisions
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-App = Callable[[Scope, Receive, Send], Awaitable[None]]
 BODY_VARIABLE = "FRAUDSCORE_BENCH_RESPONSE_BODY"
 
 
 def _answering(wait: Callable[[], Awaitable[None]]) -> App:
-    """An ASGI app that reads each request, awaits ``wait()`` and returns the response body."""
-    body = os.environ.get(BODY_VARIABLE, '{"anomalous":false}').encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                await send({"type": message["type"] + ".complete"})
-                if message["type"] == "lifespan.shutdown":
-                    return
-        more = True
-        while more:
-            more = (await receive()).get("more_body", False)
-        await wait()
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-    return app
+    """The raw app answering with the body in ``BODY_VARIABLE``, after ``wait()``."""
+    return answering(os.environ.get(BODY_VARIABLE, BODY.decode()).encode(), wait)
 
 
 def alone() -> App:
