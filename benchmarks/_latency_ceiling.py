@@ -18,6 +18,7 @@ generator and the event loop's turns, shared by every app on the same cores.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -27,7 +28,7 @@ from typing import Any
 from _free_endpoint import LATENCY_VARIABLE
 from _raw_asgi import BODY, App, answering
 
-from service.dataplane import MicroBatchSettings
+from service.main import micro_batch_settings
 from service.micro_batching import Columns, MicroBatcher
 from service.model_state import ServingModel
 from service.settings import Settings
@@ -55,24 +56,17 @@ def batched() -> App:
     """Requests coalesced by the service's micro-batcher, each call a sleep (uvicorn factory)."""
     latency_s = float(os.environ[LATENCY_VARIABLE])
     settings = Settings()
-    defaults = MicroBatchSettings(
-        max_rows=settings.micro_batch_max_rows,
-        max_wait_s=settings.micro_batch_wait_ms / 1000.0,
-        max_in_flight=min(settings.micro_batch_in_flight, settings.backend_threads),
-    )
+    shape = micro_batch_settings(settings)  # the service's, from the same environment
+    if shape is None:
+        raise SystemExit("FRAUDSCORE_MICRO_BATCH is off: this app measures the micro-batcher")
 
     def call(_: ServingModel, __: Columns, ids: Sequence[str]) -> Decisions:
         time.sleep(latency_s)
         n = len(ids)
         return Decisions(bodies=[{}] * n, clusters=[0] * n, anomalous=[False] * n, backend="")
 
-    batcher = MicroBatcher(
-        call,
-        ThreadPoolExecutor(settings.backend_threads),
-        max_rows=defaults.max_rows,
-        max_wait_s=defaults.max_wait_s,
-        max_in_flight=defaults.max_in_flight,
-    )
+    executor = ThreadPoolExecutor(settings.backend_threads)
+    batcher = MicroBatcher(call, executor, **dataclasses.asdict(shape))
     serving: Any = object()  # one model version: the batcher only compares it by identity
     columns: Columns = {"amount": [0.0]}
 

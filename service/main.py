@@ -69,6 +69,20 @@ configured); 503 + `Retry-After`: no model ready yet.
 log = logging.getLogger("fraudscore.service")
 
 
+def micro_batch_settings(settings: Settings) -> MicroBatchSettings | None:
+    """How ``settings`` coalesce calls to a blocking backend; None when micro-batching is off.
+
+    No more calls are in flight than the backend has threads to run them.
+    """
+    if not settings.micro_batch:
+        return None
+    return MicroBatchSettings(
+        max_rows=settings.micro_batch_max_rows,
+        max_wait_s=settings.micro_batch_wait_ms / 1000.0,
+        max_in_flight=min(settings.micro_batch_in_flight, settings.backend_threads),
+    )
+
+
 def create_app(
     settings: Settings,
     *,
@@ -116,13 +130,7 @@ def create_app(
         reasons=settings.reasons,
         retry_after_s=settings.retry_after_s,
         executor=executor,
-        micro_batch=MicroBatchSettings(
-            max_rows=settings.micro_batch_max_rows,
-            max_wait_s=settings.micro_batch_wait_ms / 1000.0,
-            max_in_flight=min(settings.micro_batch_in_flight, settings.backend_threads),
-        )
-        if settings.micro_batch
-        else None,
+        micro_batch=micro_batch_settings(settings),
     )
 
     @contextlib.asynccontextmanager
