@@ -32,7 +32,13 @@ import numpy.typing as npt
 from sklearn.ensemble import IsolationForest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from training.calibration import SHARE_WEIGHT, SPREAD_QUANTILE, SPREAD_WEIGHT, calibrate
+from training.calibration import (
+    OUTLYING_WEIGHT,
+    SHARE_WEIGHT,
+    SPREAD_QUANTILE,
+    SPREAD_WEIGHT,
+    calibrate,
+)
 from training.features import FeatureFitter, FeatureSpec, NumericField
 from training.hyperparameters import KMeansHyperparameters
 from training.kmeans import assign, fit_arrays
@@ -61,6 +67,7 @@ class Prepared:
     clusters: npt.NDArray[np.int64]
     distances: npt.NDArray[np.float64]
     shares: npt.NDArray[np.float64]
+    centroids: npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True)
@@ -115,7 +122,7 @@ def prepare(
     result = fit_arrays(x[~test], hp, seed=seed)
     clusters, distances = assign(x, result.centroids)
     shares = result.cluster_weights / result.cluster_weights.sum()
-    return Prepared(name, y, test, x, clusters, distances, shares)
+    return Prepared(name, y, test, x, clusters, distances, shares, result.centroids)
 
 
 def ours(
@@ -124,6 +131,7 @@ def ours(
     *,
     spread_weight: float = SPREAD_WEIGHT,
     share_weight: float = SHARE_WEIGHT,
+    outlying_weight: float = OUTLYING_WEIGHT,
     spread_quantile: float = SPREAD_QUANTILE,
 ) -> Outcome:
     """Calibrate on the held-out rows, judge every row."""
@@ -131,10 +139,12 @@ def ours(
         p.clusters[p.test],
         p.distances[p.test],
         cluster_shares=p.shares,
+        centroids=p.centroids,
         policy=policy,
         model_version="bench",
         spread_weight=spread_weight,
         share_weight=share_weight,
+        outlying_weight=outlying_weight,
         spread_quantile=spread_quantile,
     )
     verdict = judge(t, p.clusters, p.distances)
@@ -168,7 +178,7 @@ def table(prepared: Sequence[Prepared], policy: ThresholdPolicy, seed: int) -> b
     print(
         f"policy {policy.kind} {policy.value} (alert rate {rate:.2%}), rare_share "
         f"{policy.rare_share}, spread_weight {SPREAD_WEIGHT}, share_weight {SHARE_WEIGHT}, "
-        f"spread_quantile {SPREAD_QUANTILE}"
+        f"outlying_weight {OUTLYING_WEIGHT}, spread_quantile {SPREAD_QUANTILE}"
     )
     head = (
         f"{'dataset':<16}{'rows':>7}{'anom':>7} | {'ROC':>6}{'PR':>6}{'flagged':>9}{'recall':>8}"
@@ -228,25 +238,26 @@ def explore(
         "Forest's, averaged over seeds, and the seeds where it is >= 0;\nshare of (set, seed) "
         "runs flagging within ±30 % of 1 %; [min, max] flagged share"
     )
-    # (label, spread_weight, share_weight, rare_share, spread_quantile)
+    q = SPREAD_QUANTILE
+    # (label, spread_weight, share_weight, outlying_weight, rare_share, spread_quantile)
     variants = [
-        ("per-cluster normalised (spread 1, share 0)", 1.0, 0.0, 0.005, SPREAD_QUANTILE),
-        ("half normalised (spread 0.5, share 0)", 0.5, 0.0, 0.005, SPREAD_QUANTILE),
-        ("global distance cut (spread 0, share 0)", 0.0, 0.0, 0.005, SPREAD_QUANTILE),
-        ("global cut, no rare rule", 0.0, 0.0, 0.0, SPREAD_QUANTILE),
-        ("global cut, rare_share 0.02", 0.0, 0.0, 0.02, SPREAD_QUANTILE),
-        ("share-weighted (spread 0, share 1)", 0.0, 1.0, 0.005, SPREAD_QUANTILE),
-        ("share-weighted (spread 0.5, share 0.5)", 0.5, 0.5, 0.005, SPREAD_QUANTILE),
-        ("share-weighted (spread 0.25, share 1)", 0.25, 1.0, 0.005, SPREAD_QUANTILE),
-        ("share-weighted (spread 0.5, share 1)", 0.5, 1.0, 0.005, SPREAD_QUANTILE),
-        ("share-weighted (spread 1, share 1)", 1.0, 1.0, 0.005, SPREAD_QUANTILE),
-        ("share-weighted (spread 0.5, share 1.25)", 0.5, 1.25, 0.005, SPREAD_QUANTILE),
-        ("share-weighted (spread 0.5, share 1.5)", 0.5, 1.5, 0.005, SPREAD_QUANTILE),
-        ("share-weighted (spread 0.5, share 2)", 0.5, 2.0, 0.005, SPREAD_QUANTILE),
-        ("share-weighted (spread 0.5, share 1), no rare rule", 0.5, 1.0, 0.0, SPREAD_QUANTILE),
-        ("share-weighted, spread = median distance", 0.5, 1.0, 0.005, 0.5),
-        ("share-weighted, spread = 0.75 quantile", 0.5, 1.0, 0.005, 0.75),
-        ("share-weighted, spread = 0.95 quantile", 0.5, 1.0, 0.005, 0.95),
+        ("per-cluster normalised (spread 1, share 0, out 0)", 1.0, 0.0, 0.0, 0.005, q),
+        ("half normalised (spread 0.5, share 0, out 0)", 0.5, 0.0, 0.0, 0.005, q),
+        ("global distance cut (spread 0, share 0, out 0)", 0.0, 0.0, 0.0, 0.005, q),
+        ("global cut, no rare rule", 0.0, 0.0, 0.0, 0.0, q),
+        ("global cut, rare_share 0.02", 0.0, 0.0, 0.0, 0.02, q),
+        ("share only (spread 0.5, share 1, out 0)", 0.5, 1.0, 0.0, 0.005, q),
+        ("outlyingness only (spread 0, share 0, out 1)", 0.0, 0.0, 1.0, 0.005, q),
+        ("defaults (spread 0.5, share 0.5, out 1)", 0.5, 0.5, 1.0, 0.005, q),
+        ("spread 0.75, share 0.5, out 1", 0.75, 0.5, 1.0, 0.005, q),
+        ("spread 0.5, share 0.25, out 1", 0.5, 0.25, 1.0, 0.005, q),
+        ("spread 0.5, share 1, out 1", 0.5, 1.0, 1.0, 0.005, q),
+        ("spread 0.5, share 0.5, out 0.5", 0.5, 0.5, 0.5, 0.005, q),
+        ("spread 0.5, share 0.5, out 2", 0.5, 0.5, 2.0, 0.005, q),
+        ("defaults, no rare rule", 0.5, 0.5, 1.0, 0.0, q),
+        ("defaults, spread = median distance", 0.5, 0.5, 1.0, 0.005, 0.5),
+        ("defaults, spread = 0.75 quantile", 0.5, 0.5, 1.0, 0.005, 0.75),
+        ("defaults, spread = 0.95 quantile", 0.5, 0.5, 1.0, 0.005, 0.95),
     ]
     for k in ks:
         runs = [[prepare(name, x, y, k, seed) for name, x, y in sets] for seed in seeds]
@@ -255,7 +266,7 @@ def explore(
             for seed, prepared in zip(seeds, runs, strict=True)
         ]
         print(f"k={k} (Isolation Forest median ROC-AUC {statistics.mean(forest):.3f})")
-        for label, spread, share, rare, quantile in variants:
+        for label, spread, share, out_weight, rare, quantile in variants:
             policy = ThresholdPolicy(rare_share=rare)
             margins: list[float] = []
             flagged: list[float] = []
@@ -266,6 +277,7 @@ def explore(
                         policy,
                         spread_weight=spread,
                         share_weight=share,
+                        outlying_weight=out_weight,
                         spread_quantile=quantile,
                     )
                     for p in prepared

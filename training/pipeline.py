@@ -186,6 +186,7 @@ def train(request: TrainRequest, registry: Registry, *, progress: bool = False) 
         clusters,
         distances,
         cluster_shares=shares,
+        centroids=centroids,
         policy=request.policy,
         model_version=version,
     )

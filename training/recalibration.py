@@ -85,6 +85,7 @@ def recalibrate(
         sample.clusters,
         sample.distances,
         cluster_shares=manifest.cluster_shares,
+        centroids=bundle.centroids,
         policy=policy,
         model_version=manifest.model_version,
         parent=old.version,

@@ -26,10 +26,11 @@ class ThresholdPolicy:
     """How thresholds are calibrated.
 
     ``target_alert_rate`` (default, 1 %): one alert budget for the whole model, spread over
-    the clusters by their width and training share (smaller clusters are judged more
-    strictly), so that the expected share of flagged rows, rare-pattern clusters included,
-    equals ``value``: each cluster's held-out alert rate weighted by its training share. See
-    :mod:`training.calibration` for why this is the default.
+    the clusters by their width, training share and how far out they lie (smaller clusters,
+    and clusters on the edge of the data, are judged more strictly), so that the expected
+    share of flagged rows, rare-pattern clusters included, equals ``value``: each cluster's
+    held-out alert rate weighted by its training share. See :mod:`training.calibration` for
+    why this is the default.
     ``quantile`` (e.g. 0.99): each cluster's threshold is that quantile of its own
     held-out distances, so every cluster alerts at about ``1 - value``.
     """

@@ -29,6 +29,13 @@ def _sample(
     return clusters, distances, np.full(k, 1.0 / k)
 
 
+def _centres(shares: npt.ArrayLike | int) -> npt.NDArray[np.float64]:
+    """Centroids for these shares (or this many clusters) that all lie at one point: no
+    cluster is further out than another."""
+    k = shares if isinstance(shares, int) else np.size(shares)
+    return np.zeros((k, 2))
+
+
 def _realised(t: Thresholds, clusters: npt.ArrayLike, distances: npt.ArrayLike) -> float:
     return float(np.mean(judge(t, np.asarray(clusters), np.asarray(distances)).anomalous))
 
@@ -68,7 +75,14 @@ def test_thresholds_are_finite_positive_and_consistent(
     if kind == "target_alert_rate":
         value = 1.0 - value
     policy = ThresholdPolicy(kind=kind, value=value, min_points=min_points)  # type: ignore[arg-type]
-    t = calibrate(clusters, distances, cluster_shares=shares, policy=policy, model_version="m")
+    t = calibrate(
+        clusters,
+        distances,
+        cluster_shares=shares,
+        centroids=_centres(shares),
+        policy=policy,
+        model_version="m",
+    )
     assert t.k == k
     assert np.all(np.isfinite(t.values))
     assert np.all(t.values > 0)
@@ -103,10 +117,20 @@ def test_thresholds_follow_the_units_of_the_distances(seed: int, scale: float, k
     shares = np.array([0.4, 0.3, 0.2, 0.097, 0.003])
     value = 0.99 if kind == "quantile" else 0.01
     policy = ThresholdPolicy(kind=kind, value=value)  # type: ignore[arg-type]
+    centroids = np.random.default_rng(seed).normal(size=(5, 3))
     t, scaled = (
-        calibrate(clusters, d, cluster_shares=shares, policy=policy, model_version="m")
-        for d in (distances, distances * scale)
+        calibrate(
+            clusters,
+            d,
+            cluster_shares=shares,
+            centroids=centroids * s,
+            policy=policy,
+            model_version="m",
+        )
+        for d, s in ((distances, 1.0), (distances * scale, scale))
     )
+    # Rescaling the feature space (centroids and distances) moves no cluster further out...
+    np.testing.assert_allclose(scaled.extra["outlyingness"], t.extra["outlyingness"], rtol=1e-9)
     # Rescaling the feature space rescales every threshold and changes no score.
     np.testing.assert_allclose(scaled.values, t.values * scale, rtol=1e-9)
     np.testing.assert_allclose(
@@ -127,7 +151,14 @@ def test_realised_alert_rate_matches_the_target(seed: int, n: int, value: float)
     # Held-out mix = training mix: the expected rate is the held-out rate itself.
     shares = np.bincount(clusters, minlength=5) / n
     policy = ThresholdPolicy(kind="target_alert_rate", value=value)
-    t = calibrate(clusters, distances, cluster_shares=shares, policy=policy, model_version="m")
+    t = calibrate(
+        clusters,
+        distances,
+        cluster_shares=shares,
+        centroids=_centres(shares),
+        policy=policy,
+        model_version="m",
+    )
     # Continuous distances: the whole number of rows nearest to rate * n is flagged (either
     # neighbour when rate * n ends in exactly one half).
     flagged = _realised(t, clusters, distances) * n
@@ -148,7 +179,14 @@ def test_expected_alert_rate_matches_the_target_over_the_training_mix(
     clusters, distances, _ = _sample(seed, n, 5)
     shares = np.array([0.4, 0.25, 0.2, 0.1, 0.05])  # not the held-out mix
     policy = ThresholdPolicy(kind="target_alert_rate", value=value)
-    t = calibrate(clusters, distances, cluster_shares=shares, policy=policy, model_version="m")
+    t = calibrate(
+        clusters,
+        distances,
+        cluster_shares=shares,
+        centroids=_centres(shares),
+        policy=policy,
+        model_version="m",
+    )
     # Each held-out row of cluster c counts share[c] / count[c]: the cut gets within half the
     # heaviest row of the target.
     heaviest = float(np.max(shares / t.counts))
@@ -167,7 +205,14 @@ def test_a_small_cluster_over_represented_in_the_held_out_rows_does_not_skew_the
     # The smallest cluster, where the share-weighted thresholds spend the budget, holds 25 %
     # of the held-out rows but 10 % of the training rows.
     clusters, distances = draw([6_000, 3_000, 3_000])
-    t = calibrate(clusters, distances, cluster_shares=shares, policy=DEFAULT, model_version="m")
+    t = calibrate(
+        clusters,
+        distances,
+        cluster_shares=shares,
+        centroids=_centres(shares),
+        policy=DEFAULT,
+        model_version="m",
+    )
     assert t.extra["expected_alert_rate"] == pytest.approx(0.01, abs=1e-4)
     assert t.extra["realised_alert_rate"] == pytest.approx(0.025, abs=1e-3)
     # New rows come in the training mix: they alert at the target rate, not 2.5 times less.
@@ -196,6 +241,7 @@ def test_a_higher_quantile_never_lowers_a_threshold(
             clusters,
             distances,
             cluster_shares=shares,
+            centroids=_centres(shares),
             policy=ThresholdPolicy(kind="quantile", value=q, min_points=min_points),
             model_version="m",
         ).values
@@ -209,7 +255,14 @@ def test_a_higher_quantile_never_lowers_a_threshold(
 def test_quantile_policy_is_each_clusters_own_quantile(seed: int, value: float) -> None:
     clusters, distances, shares = _sample(seed, 8_000, 4)
     policy = ThresholdPolicy(kind="quantile", value=value)
-    t = calibrate(clusters, distances, cluster_shares=shares, policy=policy, model_version="m")
+    t = calibrate(
+        clusters,
+        distances,
+        cluster_shares=shares,
+        centroids=_centres(shares),
+        policy=policy,
+        model_version="m",
+    )
     for c in range(4):
         own = distances[clusters == c]
         # Read at plotting positions i / (n + 1): what new rows exceed at 1 - quantile.
@@ -226,7 +279,14 @@ def test_quantile_policy_alerts_new_rows_at_the_asked_rate() -> None:
     for seed in range(300):
         clusters, distances, shares = _sample(seed, k * n, k)
         policy = ThresholdPolicy(kind="quantile", value=value, rare_share=0.0)
-        t = calibrate(clusters, distances, cluster_shares=shares, policy=policy, model_version="m")
+        t = calibrate(
+            clusters,
+            distances,
+            cluster_shares=shares,
+            centroids=_centres(shares),
+            policy=policy,
+            model_version="m",
+        )
         new_clusters, new_distances, _ = _sample(10_000 + seed, 20_000, k)
         rates.append(_realised(t, new_clusters, new_distances))
     # A linear reading puts each threshold between a cluster's two largest rows: about 2 %.
@@ -242,6 +302,7 @@ def test_beyond_its_largest_row_a_cluster_follows_the_pooled_tail() -> None:
             clusters,
             distances,
             cluster_shares=shares,
+            centroids=_centres(shares),
             policy=ThresholdPolicy(kind="quantile", value=q, min_points=30),
             model_version="m",
         )
@@ -259,7 +320,14 @@ def test_rare_pattern_rows_are_flagged_and_count_in_the_overall_rate() -> None:
     clusters[:50] = 3  # the rare cluster holds 0.5 % of held-out rows...
     clusters[50:][clusters[50:] == 3] = 0
     shares = np.array([0.5, 0.3, 0.198, 0.002])  # ...and 0.2 % of training rows
-    t = calibrate(clusters, distances, cluster_shares=shares, policy=DEFAULT, model_version="m")
+    t = calibrate(
+        clusters,
+        distances,
+        cluster_shares=shares,
+        centroids=_centres(shares),
+        policy=DEFAULT,
+        model_version="m",
+    )
     np.testing.assert_array_equal(t.rare, [False, False, False, True])
     assert t.alert_rates[3] == 1.0
     # 1 % overall: the rare cluster's 0.2 % of the training mix plus 0.8 % distance alerts.
@@ -275,6 +343,7 @@ def test_rare_clusters_beyond_the_budget_exhaust_it() -> None:
         clusters,
         distances,
         cluster_shares=[0.6, 0.385, 0.005, 0.005, 0.005],
+        centroids=_centres([0.6, 0.385, 0.005, 0.005, 0.005]),
         policy=ThresholdPolicy(rare_share=0.01),
         model_version="m",
     )
@@ -294,6 +363,7 @@ def test_small_clusters_fall_back_on_a_robust_threshold() -> None:
         clusters,
         distances,
         cluster_shares=np.bincount(clusters) / clusters.size,
+        centroids=_centres(np.bincount(clusters) / clusters.size),
         policy=ThresholdPolicy(rare_share=0.0),
         model_version="m",
         spread_weight=1.0,
@@ -311,6 +381,7 @@ def test_a_cluster_without_held_out_rows_gets_the_pooled_spread() -> None:
         clusters,
         distances,
         cluster_shares=[0.4, 0.4, 0.2],
+        centroids=_centres([0.4, 0.4, 0.2]),
         policy=DEFAULT,
         model_version="m",
         spread_weight=1.0,
@@ -324,7 +395,12 @@ def test_a_cluster_without_held_out_rows_gets_the_pooled_spread() -> None:
 def test_all_zero_distances_give_positive_thresholds_and_no_alerts() -> None:
     clusters = np.array([0, 0, 1, 1, 1])
     t = calibrate(
-        clusters, np.zeros(5), cluster_shares=[0.5, 0.5], policy=DEFAULT, model_version="m"
+        clusters,
+        np.zeros(5),
+        cluster_shares=[0.5, 0.5],
+        centroids=_centres(2),
+        policy=DEFAULT,
+        model_version="m",
     )
     assert np.all(t.values > 0)
     assert not judge(t, clusters, np.zeros(5)).anomalous.any()
@@ -337,7 +413,14 @@ def test_spread_is_the_outer_shell_not_the_core() -> None:
     # Cluster 1: same tail, but 60 % of its rows are near-duplicates of the centroid.
     core = (clusters == 1) & (rng.random(10_000) < 0.6)
     distances[core] = 1e-3 * rng.random(int(core.sum()))
-    t = calibrate(clusters, distances, cluster_shares=[0.5, 0.5], policy=DEFAULT, model_version="m")
+    t = calibrate(
+        clusters,
+        distances,
+        cluster_shares=[0.5, 0.5],
+        centroids=_centres(2),
+        policy=DEFAULT,
+        model_version="m",
+    )
     for c in range(2):
         assert t.extra["spreads"][c] == pytest.approx(np.quantile(distances[clusters == c], 0.9))
     # A median spread would put every alert in cluster 1; the tail quantile shares them out.
@@ -345,6 +428,7 @@ def test_spread_is_the_outer_shell_not_the_core() -> None:
         clusters,
         distances,
         cluster_shares=[0.5, 0.5],
+        centroids=_centres([0.5, 0.5]),
         policy=DEFAULT,
         model_version="m",
         spread_quantile=0.5,
@@ -359,6 +443,7 @@ def test_weights_zero_give_one_global_distance_cut() -> None:
         clusters,
         distances,
         cluster_shares=shares,
+        centroids=_centres(shares),
         policy=DEFAULT,
         model_version="m",
         spread_weight=0.0,
@@ -377,6 +462,7 @@ def test_full_spread_weight_equalises_scaled_clusters() -> None:
         clusters,
         distances,
         cluster_shares=np.full(4, 0.25),
+        centroids=_centres(np.full(4, 0.25)),
         policy=DEFAULT,
         model_version="m",
         spread_weight=1.0,
@@ -393,6 +479,7 @@ def test_share_weight_judges_smaller_clusters_more_strictly() -> None:
         clusters,
         distances,
         cluster_shares=[0.9, 0.1],
+        centroids=_centres([0.9, 0.1]),
         policy=DEFAULT,
         model_version="m",
         spread_weight=0.0,
@@ -402,6 +489,77 @@ def test_share_weight_judges_smaller_clusters_more_strictly() -> None:
     assert t.alert_rates[1] > t.alert_rates[0]
 
 
+def test_a_cluster_far_from_the_data_is_judged_more_strictly() -> None:
+    rng = np.random.default_rng(12)
+    clusters = np.repeat(np.arange(3), 4_000)
+    distances = rng.gamma(2.0, 1.0, 12_000)  # the same width in every cluster
+    centroids = np.array([[-1.0, 0.0], [1.0, 0.0], [0.0, 6.0]])
+    shares = np.array([0.4, 0.4, 0.2])
+
+    def thresholds(outlying_weight: float) -> Thresholds:
+        return calibrate(
+            clusters,
+            distances,
+            cluster_shares=shares,
+            centroids=centroids,
+            policy=DEFAULT,
+            model_version="m",
+            spread_weight=0.0,
+            share_weight=0.0,
+            outlying_weight=outlying_weight,
+        )
+
+    t = thresholds(1.0)
+    # By hand: the data's centre, and its total variance (the centres' spread around it plus
+    # the rows' spread around their centres).
+    mean = shares @ centroids
+    between = np.sum((centroids - mean) ** 2, axis=1)
+    expected = np.sqrt(between / (shares @ between + np.mean(distances**2)))
+    np.testing.assert_allclose(t.extra["outlyingness"], expected, rtol=1e-12)
+    assert t.extra["outlying_weight"] == 1.0
+    # Each threshold is scaled by exp(-outlyingness): the far cluster's is the lowest...
+    np.testing.assert_allclose(t.values / t.values[0], np.exp(expected[0] - expected), rtol=1e-9)
+    assert t.alert_rates[2] > 3 * t.alert_rates[0]
+    # ...while the budget stays the same.
+    assert t.extra["expected_alert_rate"] == pytest.approx(0.01, abs=1e-4)
+    # Weight 0: one global distance cut again.
+    assert np.ptp(thresholds(0.0).values) == 0.0
+
+
+def test_outlyingness_is_zero_when_all_data_is_one_point() -> None:
+    t = calibrate(
+        [0, 1, 1],
+        np.zeros(3),
+        cluster_shares=[0.5, 0.5],
+        centroids=np.ones((2, 4)),
+        policy=DEFAULT,
+        model_version="m",
+    )
+    assert t.extra["outlyingness"] == [0.0, 0.0]
+    assert np.all(t.values > 0)
+
+
+@pytest.mark.parametrize(
+    ("centroids", "message"),
+    [
+        (np.zeros((3, 2)), r"k = 2 rows .* got shape \(3, 2\)"),
+        (np.zeros(2), r"got shape \(2,\)"),
+        (np.zeros((2, 0)), r"got shape \(2, 0\)"),
+        (np.array([[0.0], [np.nan]]), "centroids must be finite"),
+    ],
+)
+def test_bad_centroids_raise_data_error(centroids: npt.NDArray[np.float64], message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        calibrate(
+            [0, 1],
+            [1.0, 2.0],
+            cluster_shares=[0.5, 0.5],
+            centroids=centroids,
+            policy=DEFAULT,
+            model_version="m",
+        )
+
+
 def test_calibrate_records_versions_and_policy() -> None:
     clusters, distances, shares = _sample(8, 500, 3)
     policy = ThresholdPolicy(kind="target_alert_rate", value=0.05)
@@ -409,6 +567,7 @@ def test_calibrate_records_versions_and_policy() -> None:
         clusters,
         distances,
         cluster_shares=shares,
+        centroids=_centres(shares),
         policy=policy,
         model_version="v1",
         version=3,
@@ -442,18 +601,20 @@ def test_bad_samples_raise_data_error(
             np.array(clusters),
             distances,
             cluster_shares=shares,
+            centroids=_centres(shares),
             policy=DEFAULT,
             model_version="m",
         )
 
 
 def test_negative_weights_are_rejected() -> None:
+    one = {"cluster_shares": [1.0], "centroids": _centres(1), "policy": DEFAULT}
     with pytest.raises(DataError, match="share_weight"):
-        calibrate([0], [1.0], cluster_shares=[1.0], policy=DEFAULT, model_version="m",
-                  share_weight=-1.0)  # fmt: skip
+        calibrate([0], [1.0], **one, model_version="m", share_weight=-1.0)
+    with pytest.raises(DataError, match="outlying_weight"):
+        calibrate([0], [1.0], **one, model_version="m", outlying_weight=math.inf)
     with pytest.raises(DataError, match="spread_quantile"):
-        calibrate([0], [1.0], cluster_shares=[1.0], policy=DEFAULT, model_version="m",
-                  spread_quantile=1.0)  # fmt: skip
+        calibrate([0], [1.0], **one, model_version="m", spread_quantile=1.0)
 
 
 def _hand_thresholds() -> Thresholds:

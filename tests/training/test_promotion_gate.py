@@ -142,6 +142,7 @@ def test_alert_rate_of_calibrated_thresholds_is_what_judge_flags(policy: Thresho
         clusters,
         distances,
         cluster_shares=[0.5, 0.3, 0.15, 0.05],
+        centroids=rng.normal(size=(4, 3)),
         policy=policy,
         model_version=CANDIDATE,
     )
