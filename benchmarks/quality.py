@@ -32,13 +32,7 @@ import numpy.typing as npt
 from sklearn.ensemble import IsolationForest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from training.calibration import (
-    OUTLYING_WEIGHT,
-    SHARE_WEIGHT,
-    SPREAD_QUANTILE,
-    SPREAD_WEIGHT,
-    calibrate,
-)
+from training.calibration import SHARE_WEIGHT, SPREAD_QUANTILE, SPREAD_WEIGHT, calibrate
 from training.features import FeatureFitter, FeatureSpec, NumericField
 from training.hyperparameters import KMeansHyperparameters
 from training.kmeans import assign, fit_arrays
@@ -131,7 +125,6 @@ def ours(
     *,
     spread_weight: float = SPREAD_WEIGHT,
     share_weight: float = SHARE_WEIGHT,
-    outlying_weight: float = OUTLYING_WEIGHT,
     spread_quantile: float = SPREAD_QUANTILE,
 ) -> Outcome:
     """Calibrate on the held-out rows, judge every row."""
@@ -144,7 +137,6 @@ def ours(
         model_version="bench",
         spread_weight=spread_weight,
         share_weight=share_weight,
-        outlying_weight=outlying_weight,
         spread_quantile=spread_quantile,
     )
     verdict = judge(t, p.clusters, p.distances)
@@ -178,7 +170,7 @@ def table(prepared: Sequence[Prepared], policy: ThresholdPolicy, seed: int) -> b
     print(
         f"policy {policy.kind} {policy.value} (alert rate {rate:.2%}), rare_share "
         f"{policy.rare_share}, spread_weight {SPREAD_WEIGHT}, share_weight {SHARE_WEIGHT}, "
-        f"outlying_weight {OUTLYING_WEIGHT}, spread_quantile {SPREAD_QUANTILE}"
+        f"outlying_weight {policy.outlying_weight}, spread_quantile {SPREAD_QUANTILE}"
     )
     head = (
         f"{'dataset':<16}{'rows':>7}{'anom':>7} | {'ROC':>6}{'PR':>6}{'flagged':>9}{'recall':>8}"
@@ -267,7 +259,7 @@ def explore(
         ]
         print(f"k={k} (Isolation Forest median ROC-AUC {statistics.mean(forest):.3f})")
         for label, spread, share, out_weight, rare, quantile in variants:
-            policy = ThresholdPolicy(rare_share=rare)
+            policy = ThresholdPolicy(rare_share=rare, outlying_weight=out_weight)
             margins: list[float] = []
             flagged: list[float] = []
             for prepared, baseline in zip(runs, forest, strict=True):
@@ -277,7 +269,6 @@ def explore(
                         policy,
                         spread_weight=spread,
                         share_weight=share,
-                        outlying_weight=out_weight,
                         spread_quantile=quantile,
                     )
                     for p in prepared

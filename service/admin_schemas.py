@@ -97,6 +97,9 @@ class RecalibrateRequest(BaseModel):
     """Per-cluster quantile of held-out distances (e.g. 0.99)."""
     target_alert_rate: Annotated[float | None, Field(gt=0.0, lt=1.0, allow_inf_nan=False)] = None
     """Overall share of transactions to flag (e.g. 0.01)."""
+    outlying_weight: Annotated[float | None, Field(ge=0.0, allow_inf_nan=False)] = None
+    """How much more strictly clusters far out on the edge of the data are judged under
+    ``target_alert_rate`` (0: by width and size alone); default: the active thresholds' own."""
     data: Annotated[str | None, Field(min_length=1, strict=True)] = None
     """A CSV file to calibrate on; default: the active model's stored calibration sample."""
     label_column: Annotated[str | None, Field(strict=True)] = None

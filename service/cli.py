@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 from pydantic import ValidationError
 
 from service import cli_admin, serve
-from service.cli_arguments import fraction, positive_int
+from service.cli_arguments import fraction, non_negative, positive_int
 from service.file_scoring import score_file
 from service.models import load_active
 from service.settings import Settings
@@ -142,8 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     policy.add_argument(
         "--target-alert-rate",
         type=fraction,
-        help="overall share of held-out rows to flag, spread over clusters by width and "
-        "size (the default policy, 0.01)",
+        help="overall share of held-out rows to flag, spread over clusters by width, size "
+        "and how far out they lie (the default policy, 0.01)",
     )
     policy.add_argument(
         "--quantile",
@@ -155,6 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=ThresholdPolicy().rare_share,
         help="clusters below this training share are rare patterns (default %(default)s)",
+    )
+    p.add_argument(
+        "--outlying-weight",
+        type=non_negative,
+        default=ThresholdPolicy().outlying_weight,
+        help="with --target-alert-rate: how much more strictly clusters far out on the edge of "
+        "the data are judged; 0 judges every cluster by its width and size alone "
+        "(default %(default)s)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     p.add_argument(
@@ -352,7 +360,10 @@ def _train_request(args: argparse.Namespace, *, with_target: bool = True) -> Tra
     try:
         if args.quantile is not None:
             policy = ThresholdPolicy(
-                kind="quantile", value=args.quantile, rare_share=args.rare_share
+                kind="quantile",
+                value=args.quantile,
+                rare_share=args.rare_share,
+                outlying_weight=args.outlying_weight,
             )
         else:
             rate = args.target_alert_rate
@@ -360,6 +371,7 @@ def _train_request(args: argparse.Namespace, *, with_target: bool = True) -> Tra
                 kind="target_alert_rate",
                 value=rate if rate is not None else ThresholdPolicy().value,
                 rare_share=args.rare_share,
+                outlying_weight=args.outlying_weight,
             )
     except ValueError as exc:
         raise FraudscoreError(str(exc)) from None

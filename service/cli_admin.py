@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from service.cli_arguments import fraction
+from service.cli_arguments import fraction, non_negative
 from training.errors import FraudscoreError
 from training.jobs import JobRecord, JobStore
 from training.json_logs import JsonFormatter
@@ -57,6 +57,12 @@ def add_commands(
     policy.add_argument("--quantile", type=fraction, help="per-cluster quantile, e.g. 0.99")
     policy.add_argument(
         "--target-alert-rate", type=fraction, help="overall share to flag, e.g. 0.01"
+    )
+    p.add_argument(
+        "--outlying-weight",
+        type=non_negative,
+        help="how much more strictly clusters far out on the edge of the data are judged "
+        "(default: the active thresholds' own)",
     )
     p.add_argument("--data", type=Path, help="CSV file to calibrate on (default: stored sample)")
     p.add_argument("--label-column", help="0/1 label column of --data, for precision and recall")
@@ -98,7 +104,10 @@ def _recalibrate(args: argparse.Namespace) -> int:
         if args.quantile is not None
         else ("target_alert_rate", args.target_alert_rate)
     )
-    policy = ThresholdPolicy.from_dict({**current.policy.to_dict(), "kind": kind, "value": value})
+    fields: dict[str, Any] = {"kind": kind, "value": value}
+    if args.outlying_weight is not None:
+        fields["outlying_weight"] = args.outlying_weight
+    policy = ThresholdPolicy.from_dict({**current.policy.to_dict(), **fields})
     outcome = recalibrate(
         registry,
         policy,

@@ -220,6 +220,8 @@ def test_train_rejects_bad_feature_spec(tmp_path: Path) -> None:
     [
         ["train", "--data", "d.csv", "--k", "0"],
         ["train", "--data", "d.csv", "--quantile", "1.5"],
+        ["train", "--data", "d.csv", "--outlying-weight", "-1"],
+        ["train", "--data", "d.csv", "--outlying-weight", "inf"],
         ["demo-data", "--rows", "-3", "--out", "x.csv"],
         ["train"],
         ["frobnicate"],

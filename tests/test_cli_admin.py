@@ -77,9 +77,28 @@ def test_promote_a_thresholds_version_and_refuse_unknown_ones(work: Path) -> Non
     assert len(unknown.stderr.strip().splitlines()) == 1
 
 
+def test_recalibrate_sets_the_outlying_weight_and_keeps_it_after(work: Path) -> None:
+    registry = open_registry(work / "reg")
+    model = registry.active()
+    assert model is not None
+    assert registry.load_thresholds(model.model_version, 1).policy.outlying_weight == 1.0
+    for args, version in (
+        (["--outlying-weight", "0"], 2),
+        ([], 3),  # carried over
+        (["--outlying-weight", "2.5"], 4),
+    ):
+        result = run(
+            "recalibrate", "--target-alert-rate", "0.01", *args, "--registry", "reg", cwd=work
+        )
+        assert result.returncode == 0, result.stderr
+        stored = registry.load_thresholds(model.model_version, version)
+        assert stored.policy.outlying_weight == (2.5 if version == 4 else 0.0)
+
+
 def test_recalibrate_usage_errors_exit_2(work: Path) -> None:
     for args in (
         ["recalibrate", "--registry", "reg"],
+        ["recalibrate", "--quantile", "0.9", "--outlying-weight", "nan", "--registry", "reg"],
         ["recalibrate", "--quantile", "0.9", "--target-alert-rate", "0.01", "--registry", "reg"],
         ["recalibrate", "--quantile", "1.5", "--registry", "reg"],
     ):

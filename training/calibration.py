@@ -19,7 +19,8 @@ shell lies), ``share[c]`` its share of the training rows, ``outlying[c]`` how fa
 lies from the centre of all the data in units of the data's overall spread (see
 :func:`_outlyingness`: it needs only the centroids, the shares and the held-out distances),
 and ``cut`` one number chosen so that the model's expected alert rate, rare-pattern clusters
-included, is the policy's target. The weights are 0.5, 0.5 and 1.
+included, is the policy's target. The weights are 0.5, 0.5 and, by default, 1
+(``ThresholdPolicy.outlying_weight``, which operators may set: 0 turns the factor off).
 
 Why the outlyingness: Isolation Forest's edge over a distance to the nearest centre is that it
 sees where a row lies in the whole data, and a K-Means cluster made of anomalies tends to sit
@@ -111,9 +112,6 @@ from training.thresholds import ThresholdPolicy, Thresholds, judge
 # Defaults chosen on the ADBench benchmark (benchmarks/quality.py): see the module docstring.
 SPREAD_WEIGHT = 0.5
 SHARE_WEIGHT = 0.5
-# A cluster lying this many overall spreads out has its threshold scaled by exp(-that):
-# see the module docstring.
-OUTLYING_WEIGHT = 1.0
 # A cluster's spread is this quantile of its held-out distances: see the module docstring.
 SPREAD_QUANTILE = 0.9
 # k * share is clipped here so that an empty training cluster still gets a threshold > 0.
@@ -140,7 +138,6 @@ def calibrate(
     parent: int | None = None,
     spread_weight: float = SPREAD_WEIGHT,
     share_weight: float = SHARE_WEIGHT,
-    outlying_weight: float = OUTLYING_WEIGHT,
     spread_quantile: float = SPREAD_QUANTILE,
 ) -> Thresholds:
     """Per-cluster thresholds from a held-out (cluster, distance) sample.
@@ -156,12 +153,7 @@ def calibrate(
     k = shares.shape[0]
     cl, dist = _as_sample(clusters, distances, k)
     centres = _as_centroids(centroids, k)
-    weights = (
-        ("spread_weight", spread_weight),
-        ("share_weight", share_weight),
-        ("outlying_weight", outlying_weight),
-    )
-    for name, weight in weights:
+    for name, weight in (("spread_weight", spread_weight), ("share_weight", share_weight)):
         if not (math.isfinite(weight) and weight >= 0.0):
             raise DataError(f"{name} must be a finite number >= 0, got {weight!r}")
     if not (0.0 < spread_quantile < 1.0):
@@ -180,7 +172,7 @@ def calibrate(
     weight = (
         spread**spread_weight
         * ratio**share_weight
-        * np.exp(-np.minimum(outlying_weight * outlying, _MAX_EXPONENT))
+        * np.exp(-np.minimum(policy.outlying_weight * outlying, _MAX_EXPONENT))
     )
 
     rate = policy.expected_alert_rate
@@ -210,7 +202,6 @@ def calibrate(
         "method": method,
         "spread_weight": float(spread_weight),
         "share_weight": float(share_weight),
-        "outlying_weight": float(outlying_weight),
         "spread_quantile": float(spread_quantile),
         "cut": None if math.isnan(cut) else float(cut),
         "spreads": [float(s) for s in spread],

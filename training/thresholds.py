@@ -39,6 +39,9 @@ class ThresholdPolicy:
     value: float = 0.01
     rare_share: float = 0.005
     min_points: int = 30
+    # How much more strictly a cluster far out on the edge of the data is judged (see
+    # training.calibration); 0 judges every cluster by its width and share alone.
+    outlying_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.kind not in POLICY_KINDS:
@@ -49,6 +52,10 @@ class ThresholdPolicy:
             raise ValueError(f"rare_share must be in [0, 1), got {self.rare_share!r}")
         if self.min_points < 1:
             raise ValueError(f"min_points must be >= 1, got {self.min_points!r}")
+        if not (math.isfinite(self.outlying_weight) and self.outlying_weight >= 0.0):
+            raise ValueError(
+                f"outlying_weight must be a finite number >= 0, got {self.outlying_weight!r}"
+            )
 
     @property
     def expected_alert_rate(self) -> float:
@@ -62,6 +69,7 @@ class ThresholdPolicy:
             "value": self.value,
             "rare_share": self.rare_share,
             "min_points": self.min_points,
+            "outlying_weight": self.outlying_weight,
         }
 
     @classmethod
@@ -72,6 +80,7 @@ class ThresholdPolicy:
             value=float(data["value"]),
             rare_share=float(data.get("rare_share", 0.005)),
             min_points=int(data.get("min_points", 30)),
+            outlying_weight=float(data.get("outlying_weight", cls.outlying_weight)),
         )
 
 

@@ -165,11 +165,14 @@ def recalibrate(
         policy_fields: dict[str, Any] = {"kind": "quantile", "value": body.quantile}
     else:
         policy_fields = {"kind": "target_alert_rate", "value": body.target_alert_rate}
+    if body.outlying_weight is not None:
+        policy_fields["outlying_weight"] = body.outlying_weight
     pointer = registry.active()
     if pointer is None:
         raise Conflict("no active model to recalibrate")
     current = registry.load_thresholds(pointer.model_version, pointer.thresholds_version)
-    # The other policy settings (rare-pattern share, minimum points) carry over.
+    # The other policy settings (rare-pattern share, minimum points and, unless given, the
+    # outlying weight) carry over.
     policy = ThresholdPolicy.from_dict({**current.policy.to_dict(), **policy_fields})
     data = None
     if body.data is not None:

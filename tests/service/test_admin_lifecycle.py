@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -376,10 +377,35 @@ def test_recalibrate_on_a_data_file_with_labels(admin: TestClient, data_file: Pa
     assert report["overall"]["new"]["precision"] is not None
 
 
+def test_recalibrate_sets_the_outlying_weight_and_keeps_it_after(
+    admin: TestClient, registry: Registry
+) -> None:
+    model, version = active(registry)
+    assert registry.load_thresholds(model, version).policy.outlying_weight == 1.0
+    body = {"target_alert_rate": 0.01, "outlying_weight": 0.0}
+    response = admin.post("/admin/recalibrate", json=body, headers=AUTH)
+    assert response.status_code == 200, response.text
+    assert response.json()["policy"]["outlying_weight"] == 0.0
+    flat = registry.load_thresholds(model, version + 1)
+    # Weight 0: thresholds no longer depend on where a cluster lies, as they did before.
+    assert flat.policy.outlying_weight == 0.0
+    assert max(flat.extra["outlyingness"]) > 0.5
+    again = admin.post("/admin/recalibrate", json={"target_alert_rate": 0.02}, headers=AUTH)
+    assert again.status_code == 200, again.text
+    assert registry.load_thresholds(model, version + 2).policy.outlying_weight == 0.0
+    # The thresholds in force before differ from these by exp(-outlyingness) and one cut
+    # (to float32 rounding: training calibrated on float64 distances, the sample keeps float32).
+    weighted = registry.load_thresholds(model, version)
+    scaled = weighted.values / flat.values * np.exp(flat.extra["outlyingness"])
+    np.testing.assert_allclose(scaled, scaled[0], rtol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
         ({}, "body"),
+        ({"target_alert_rate": 0.01, "outlying_weight": -1}, "outlying_weight"),
+        ({"target_alert_rate": 0.01, "outlying_weight": "much"}, "outlying_weight"),
         ({"quantile": 0.9, "target_alert_rate": 0.01}, "body"),
         ({"quantile": 1.5}, "quantile"),
         ({"target_alert_rate": 0}, "target_alert_rate"),

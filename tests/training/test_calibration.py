@@ -502,11 +502,10 @@ def test_a_cluster_far_from_the_data_is_judged_more_strictly() -> None:
             distances,
             cluster_shares=shares,
             centroids=centroids,
-            policy=DEFAULT,
+            policy=ThresholdPolicy(outlying_weight=outlying_weight),
             model_version="m",
             spread_weight=0.0,
             share_weight=0.0,
-            outlying_weight=outlying_weight,
         )
 
     t = thresholds(1.0)
@@ -516,7 +515,7 @@ def test_a_cluster_far_from_the_data_is_judged_more_strictly() -> None:
     between = np.sum((centroids - mean) ** 2, axis=1)
     expected = np.sqrt(between / (shares @ between + np.mean(distances**2)))
     np.testing.assert_allclose(t.extra["outlyingness"], expected, rtol=1e-12)
-    assert t.extra["outlying_weight"] == 1.0
+    assert t.policy.outlying_weight == 1.0
     # Each threshold is scaled by exp(-outlyingness): the far cluster's is the lowest...
     np.testing.assert_allclose(t.values / t.values[0], np.exp(expected[0] - expected), rtol=1e-9)
     assert t.alert_rates[2] > 3 * t.alert_rates[0]
@@ -558,6 +557,18 @@ def test_bad_centroids_raise_data_error(centroids: npt.NDArray[np.float64], mess
             policy=DEFAULT,
             model_version="m",
         )
+
+
+def test_the_policy_keeps_its_outlying_weight_and_checks_it() -> None:
+    policy = ThresholdPolicy(value=0.02, outlying_weight=0.25)
+    assert policy.to_dict()["outlying_weight"] == 0.25
+    assert ThresholdPolicy.from_dict(policy.to_dict()) == policy
+    # Thresholds written before the weight existed read with the default.
+    older = {"kind": "target_alert_rate", "value": 0.01, "rare_share": 0.005, "min_points": 30}
+    assert ThresholdPolicy.from_dict(older).outlying_weight == 1.0
+    for bad in (-0.5, math.inf, math.nan):
+        with pytest.raises(ValueError, match="outlying_weight must be a finite number >= 0"):
+            ThresholdPolicy(outlying_weight=bad)
 
 
 def test_calibrate_records_versions_and_policy() -> None:
@@ -611,8 +622,6 @@ def test_negative_weights_are_rejected() -> None:
     one = {"cluster_shares": [1.0], "centroids": _centres(1), "policy": DEFAULT}
     with pytest.raises(DataError, match="share_weight"):
         calibrate([0], [1.0], **one, model_version="m", share_weight=-1.0)
-    with pytest.raises(DataError, match="outlying_weight"):
-        calibrate([0], [1.0], **one, model_version="m", outlying_weight=math.inf)
     with pytest.raises(DataError, match="spread_quantile"):
         calibrate([0], [1.0], **one, model_version="m", spread_quantile=1.0)
 
