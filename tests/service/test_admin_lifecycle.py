@@ -400,6 +400,21 @@ def test_recalibrate_sets_the_outlying_weight_and_keeps_it_after(
     np.testing.assert_allclose(scaled, scaled[0], rtol=1e-6)
 
 
+def test_a_retrain_keeps_the_policy_in_force(
+    admin: TestClient, registry: Registry, data_file: Path
+) -> None:
+    body = {"target_alert_rate": 0.02, "outlying_weight": 0.5}
+    assert admin.post("/admin/recalibrate", json=body, headers=AUTH).status_code == 200
+    in_force = registry.load_thresholds(*active(registry)).policy
+    job = admin.post("/admin/retrain", json=retrain_body(data_file), headers=AUTH).json()
+    done = wait_for_job(admin, job["job_id"])
+    assert done["state"] == "succeeded", done
+    result = done["result"]
+    new = registry.load_thresholds(result["model_version"], result["thresholds_version"])
+    assert new.policy == in_force
+    assert (new.policy.value, new.policy.outlying_weight) == (0.02, 0.5)
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
