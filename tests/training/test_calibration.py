@@ -36,6 +36,25 @@ def _centres(shares: npt.ArrayLike | int) -> npt.NDArray[np.float64]:
     return np.zeros((k, 2))
 
 
+def _calibrate(
+    clusters: npt.ArrayLike,
+    distances: npt.ArrayLike,
+    shares: npt.ArrayLike,
+    policy: ThresholdPolicy = DEFAULT,
+    **weights: float,
+) -> Thresholds:
+    """calibrate() with every centre at one point (see _centres): thresholds by width and share."""
+    return calibrate(
+        clusters,
+        distances,
+        cluster_shares=shares,
+        centroids=_centres(shares),
+        policy=policy,
+        model_version="m",
+        **weights,
+    )
+
+
 def _realised(t: Thresholds, clusters: npt.ArrayLike, distances: npt.ArrayLike) -> float:
     return float(np.mean(judge(t, np.asarray(clusters), np.asarray(distances)).anomalous))
 
@@ -75,14 +94,7 @@ def test_thresholds_are_finite_positive_and_consistent(
     if kind == "target_alert_rate":
         value = 1.0 - value
     policy = ThresholdPolicy(kind=kind, value=value, min_points=min_points)  # type: ignore[arg-type]
-    t = calibrate(
-        clusters,
-        distances,
-        cluster_shares=shares,
-        centroids=_centres(shares),
-        policy=policy,
-        model_version="m",
-    )
+    t = _calibrate(clusters, distances, shares, policy)
     assert t.k == k
     assert np.all(np.isfinite(t.values))
     assert np.all(t.values > 0)
@@ -151,14 +163,7 @@ def test_realised_alert_rate_matches_the_target(seed: int, n: int, value: float)
     # Held-out mix = training mix: the expected rate is the held-out rate itself.
     shares = np.bincount(clusters, minlength=5) / n
     policy = ThresholdPolicy(kind="target_alert_rate", value=value)
-    t = calibrate(
-        clusters,
-        distances,
-        cluster_shares=shares,
-        centroids=_centres(shares),
-        policy=policy,
-        model_version="m",
-    )
+    t = _calibrate(clusters, distances, shares, policy)
     # Continuous distances: the whole number of rows nearest to rate * n is flagged (either
     # neighbour when rate * n ends in exactly one half).
     flagged = _realised(t, clusters, distances) * n
@@ -179,14 +184,7 @@ def test_expected_alert_rate_matches_the_target_over_the_training_mix(
     clusters, distances, _ = _sample(seed, n, 5)
     shares = np.array([0.4, 0.25, 0.2, 0.1, 0.05])  # not the held-out mix
     policy = ThresholdPolicy(kind="target_alert_rate", value=value)
-    t = calibrate(
-        clusters,
-        distances,
-        cluster_shares=shares,
-        centroids=_centres(shares),
-        policy=policy,
-        model_version="m",
-    )
+    t = _calibrate(clusters, distances, shares, policy)
     # Each held-out row of cluster c counts share[c] / count[c]: the cut gets within half the
     # heaviest row of the target.
     heaviest = float(np.max(shares / t.counts))
@@ -205,14 +203,7 @@ def test_a_small_cluster_over_represented_in_the_held_out_rows_does_not_skew_the
     # The smallest cluster, where the share-weighted thresholds spend the budget, holds 25 %
     # of the held-out rows but 10 % of the training rows.
     clusters, distances = draw([6_000, 3_000, 3_000])
-    t = calibrate(
-        clusters,
-        distances,
-        cluster_shares=shares,
-        centroids=_centres(shares),
-        policy=DEFAULT,
-        model_version="m",
-    )
+    t = _calibrate(clusters, distances, shares)
     assert t.extra["expected_alert_rate"] == pytest.approx(0.01, abs=1e-4)
     assert t.extra["realised_alert_rate"] == pytest.approx(0.025, abs=1e-3)
     # New rows come in the training mix: they alert at the target rate, not 2.5 times less.
@@ -237,13 +228,11 @@ def test_a_higher_quantile_never_lowers_a_threshold(
     shares = np.array([0.5, 0.3, 0.197, 0.003])
     high = min(low + gap, 0.9999)
     values = [
-        calibrate(
+        _calibrate(
             clusters,
             distances,
-            cluster_shares=shares,
-            centroids=_centres(shares),
-            policy=ThresholdPolicy(kind="quantile", value=q, min_points=min_points),
-            model_version="m",
+            shares,
+            ThresholdPolicy(kind="quantile", value=q, min_points=min_points),
         ).values
         for q in (low, high)
     ]
@@ -255,14 +244,7 @@ def test_a_higher_quantile_never_lowers_a_threshold(
 def test_quantile_policy_is_each_clusters_own_quantile(seed: int, value: float) -> None:
     clusters, distances, shares = _sample(seed, 8_000, 4)
     policy = ThresholdPolicy(kind="quantile", value=value)
-    t = calibrate(
-        clusters,
-        distances,
-        cluster_shares=shares,
-        centroids=_centres(shares),
-        policy=policy,
-        model_version="m",
-    )
+    t = _calibrate(clusters, distances, shares, policy)
     for c in range(4):
         own = distances[clusters == c]
         # Read at plotting positions i / (n + 1): what new rows exceed at 1 - quantile.
@@ -279,14 +261,7 @@ def test_quantile_policy_alerts_new_rows_at_the_asked_rate() -> None:
     for seed in range(300):
         clusters, distances, shares = _sample(seed, k * n, k)
         policy = ThresholdPolicy(kind="quantile", value=value, rare_share=0.0)
-        t = calibrate(
-            clusters,
-            distances,
-            cluster_shares=shares,
-            centroids=_centres(shares),
-            policy=policy,
-            model_version="m",
-        )
+        t = _calibrate(clusters, distances, shares, policy)
         new_clusters, new_distances, _ = _sample(10_000 + seed, 20_000, k)
         rates.append(_realised(t, new_clusters, new_distances))
     # A linear reading puts each threshold between a cluster's two largest rows: about 2 %.
@@ -298,13 +273,8 @@ def test_beyond_its_largest_row_a_cluster_follows_the_pooled_tail() -> None:
     clusters[:40] = 2  # 40 held-out rows: their own rows reach the 40/41 = 0.976 quantile
     shares = np.array([0.45, 0.45, 0.1])
     low, high = (
-        calibrate(
-            clusters,
-            distances,
-            cluster_shares=shares,
-            centroids=_centres(shares),
-            policy=ThresholdPolicy(kind="quantile", value=q, min_points=30),
-            model_version="m",
+        _calibrate(
+            clusters, distances, shares, ThresholdPolicy(kind="quantile", value=q, min_points=30)
         )
         for q in (0.97, 0.995)
     )
@@ -320,14 +290,7 @@ def test_rare_pattern_rows_are_flagged_and_count_in_the_overall_rate() -> None:
     clusters[:50] = 3  # the rare cluster holds 0.5 % of held-out rows...
     clusters[50:][clusters[50:] == 3] = 0
     shares = np.array([0.5, 0.3, 0.198, 0.002])  # ...and 0.2 % of training rows
-    t = calibrate(
-        clusters,
-        distances,
-        cluster_shares=shares,
-        centroids=_centres(shares),
-        policy=DEFAULT,
-        model_version="m",
-    )
+    t = _calibrate(clusters, distances, shares)
     np.testing.assert_array_equal(t.rare, [False, False, False, True])
     assert t.alert_rates[3] == 1.0
     # 1 % overall: the rare cluster's 0.2 % of the training mix plus 0.8 % distance alerts.
@@ -339,13 +302,8 @@ def test_rare_pattern_rows_are_flagged_and_count_in_the_overall_rate() -> None:
 
 def test_rare_clusters_beyond_the_budget_exhaust_it() -> None:
     clusters, distances, _ = _sample(2, 1_000, 5)
-    t = calibrate(
-        clusters,
-        distances,
-        cluster_shares=[0.6, 0.385, 0.005, 0.005, 0.005],
-        centroids=_centres([0.6, 0.385, 0.005, 0.005, 0.005]),
-        policy=ThresholdPolicy(rare_share=0.01),
-        model_version="m",
+    t = _calibrate(
+        clusters, distances, [0.6, 0.385, 0.005, 0.005, 0.005], ThresholdPolicy(rare_share=0.01)
     )
     # 1.5 % of the training rows are rare patterns: nothing left for distance alerts.
     assert t.extra["rare_alert_rate"] == pytest.approx(0.015)
@@ -359,13 +317,11 @@ def test_small_clusters_fall_back_on_a_robust_threshold() -> None:
     clusters[clusters == 2] = 0
     clusters[:2] = 2  # only two held-out rows in cluster 2, both far away
     distances[:2] = [400.0, 500.0]
-    t = calibrate(
+    t = _calibrate(
         clusters,
         distances,
-        cluster_shares=np.bincount(clusters) / clusters.size,
-        centroids=_centres(np.bincount(clusters) / clusters.size),
-        policy=ThresholdPolicy(rare_share=0.0),
-        model_version="m",
+        np.bincount(clusters) / clusters.size,
+        ThresholdPolicy(rare_share=0.0),
         spread_weight=1.0,
         share_weight=0.0,
     )
@@ -377,16 +333,7 @@ def test_small_clusters_fall_back_on_a_robust_threshold() -> None:
 
 def test_a_cluster_without_held_out_rows_gets_the_pooled_spread() -> None:
     clusters, distances, _ = _sample(4, 2_000, 2)
-    t = calibrate(
-        clusters,
-        distances,
-        cluster_shares=[0.4, 0.4, 0.2],
-        centroids=_centres([0.4, 0.4, 0.2]),
-        policy=DEFAULT,
-        model_version="m",
-        spread_weight=1.0,
-        share_weight=0.0,
-    )
+    t = _calibrate(clusters, distances, [0.4, 0.4, 0.2], spread_weight=1.0, share_weight=0.0)
     assert t.counts[2] == 0
     assert t.fallback[2]
     assert t.values[2] == pytest.approx(t.extra["cut"] * np.quantile(distances, 0.9))
@@ -394,14 +341,7 @@ def test_a_cluster_without_held_out_rows_gets_the_pooled_spread() -> None:
 
 def test_all_zero_distances_give_positive_thresholds_and_no_alerts() -> None:
     clusters = np.array([0, 0, 1, 1, 1])
-    t = calibrate(
-        clusters,
-        np.zeros(5),
-        cluster_shares=[0.5, 0.5],
-        centroids=_centres(2),
-        policy=DEFAULT,
-        model_version="m",
-    )
+    t = _calibrate(clusters, np.zeros(5), [0.5, 0.5])
     assert np.all(t.values > 0)
     assert not judge(t, clusters, np.zeros(5)).anomalous.any()
 
@@ -413,42 +353,18 @@ def test_spread_is_the_outer_shell_not_the_core() -> None:
     # Cluster 1: same tail, but 60 % of its rows are near-duplicates of the centroid.
     core = (clusters == 1) & (rng.random(10_000) < 0.6)
     distances[core] = 1e-3 * rng.random(int(core.sum()))
-    t = calibrate(
-        clusters,
-        distances,
-        cluster_shares=[0.5, 0.5],
-        centroids=_centres(2),
-        policy=DEFAULT,
-        model_version="m",
-    )
+    t = _calibrate(clusters, distances, [0.5, 0.5])
     for c in range(2):
         assert t.extra["spreads"][c] == pytest.approx(np.quantile(distances[clusters == c], 0.9))
     # A median spread would put every alert in cluster 1; the tail quantile shares them out.
-    median = calibrate(
-        clusters,
-        distances,
-        cluster_shares=[0.5, 0.5],
-        centroids=_centres([0.5, 0.5]),
-        policy=DEFAULT,
-        model_version="m",
-        spread_quantile=0.5,
-    )
+    median = _calibrate(clusters, distances, [0.5, 0.5], spread_quantile=0.5)
     assert median.alert_rates[0] == 0.0
     assert np.all((t.alert_rates > 0.005) & (t.alert_rates < 0.015))
 
 
 def test_weights_zero_give_one_global_distance_cut() -> None:
     clusters, distances, shares = _sample(5, 4_000, 4)
-    t = calibrate(
-        clusters,
-        distances,
-        cluster_shares=shares,
-        centroids=_centres(shares),
-        policy=DEFAULT,
-        model_version="m",
-        spread_weight=0.0,
-        share_weight=0.0,
-    )
+    t = _calibrate(clusters, distances, shares, spread_weight=0.0, share_weight=0.0)
     assert np.ptp(t.values) == 0.0
     # Distances grow with the cluster id, so the widest cluster takes most alerts.
     assert t.alert_rates[3] > t.alert_rates[0]
@@ -458,16 +374,7 @@ def test_full_spread_weight_equalises_scaled_clusters() -> None:
     rng = np.random.default_rng(6)
     clusters = np.repeat(np.arange(4), 5_000)
     distances = rng.gamma(2.0, 1.0, 20_000) * np.array([1.0, 2.0, 5.0, 10.0])[clusters]
-    t = calibrate(
-        clusters,
-        distances,
-        cluster_shares=np.full(4, 0.25),
-        centroids=_centres(np.full(4, 0.25)),
-        policy=DEFAULT,
-        model_version="m",
-        spread_weight=1.0,
-        share_weight=0.0,
-    )
+    t = _calibrate(clusters, distances, np.full(4, 0.25), spread_weight=1.0, share_weight=0.0)
     np.testing.assert_allclose(t.alert_rates, 0.01, atol=0.004)
 
 
@@ -475,16 +382,7 @@ def test_share_weight_judges_smaller_clusters_more_strictly() -> None:
     rng = np.random.default_rng(7)
     clusters = np.repeat(np.arange(2), 5_000)
     distances = rng.gamma(2.0, 1.0, 10_000)
-    t = calibrate(
-        clusters,
-        distances,
-        cluster_shares=[0.9, 0.1],
-        centroids=_centres([0.9, 0.1]),
-        policy=DEFAULT,
-        model_version="m",
-        spread_weight=0.0,
-        share_weight=1.0,
-    )
+    t = _calibrate(clusters, distances, [0.9, 0.1], spread_weight=0.0, share_weight=1.0)
     assert t.values[1] == pytest.approx(t.values[0] / 9)
     assert t.alert_rates[1] > t.alert_rates[0]
 
@@ -608,14 +506,7 @@ def test_bad_samples_raise_data_error(
     clusters: list[float], distances: list[float], shares: list[float], message: str
 ) -> None:
     with pytest.raises(DataError, match=message):
-        calibrate(
-            np.array(clusters),
-            distances,
-            cluster_shares=shares,
-            centroids=_centres(shares),
-            policy=DEFAULT,
-            model_version="m",
-        )
+        _calibrate(np.array(clusters), distances, shares)
 
 
 def test_negative_weights_are_rejected() -> None:
