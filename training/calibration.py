@@ -53,9 +53,8 @@ median ROC-AUC of per-cluster normalisation (``spread_weight=1, share_weight=0``
 below Isolation Forest's, one global distance cut (``0, 0``) 0.15 below, and the
 share-weighted rule (``0.5, 1``, no outlyingness) 0.002 below; over seeds 0-19 the same three
 are 0.28, 0.15 and 0.004 below, and the defaults 0.010 above (``--seeds 20 --explore``).
-Weighting by the training share is the soft counterpart
-of the rare-pattern rule (a smaller cluster is judged more strictly, the idea behind CBLOF);
-the rule itself stays.
+Weighting by the training share is the soft counterpart of the rare-pattern rule (a smaller
+cluster is judged more strictly, the idea behind CBLOF); the rule itself stays.
 
 Why the 0.9 quantile and not the median as the spread: thresholds live in each cluster's tail,
 so the width that matters is where the cluster's outer shell lies, not where its core is. A
