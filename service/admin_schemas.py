@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from training.thresholds import PolicyKind
+
 Strict = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -108,9 +110,16 @@ class RecalibrateRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_policy(self) -> RecalibrateRequest:
-        if (self.quantile is None) == (self.target_alert_rate is None):
-            raise ValueError("give exactly one of quantile and target_alert_rate")
+        self.policy_choice()
         return self
+
+    def policy_choice(self) -> tuple[PolicyKind, float]:
+        """The policy asked for: (kind, value)."""
+        if self.quantile is not None and self.target_alert_rate is None:
+            return "quantile", self.quantile
+        if self.target_alert_rate is not None and self.quantile is None:
+            return "target_alert_rate", self.target_alert_rate
+        raise ValueError("give exactly one of quantile and target_alert_rate")
 
 
 class ClusterChange(BaseModel):

@@ -22,9 +22,9 @@ from service.cli_arguments import fraction, non_negative
 from training.errors import FraudscoreError
 from training.jobs import JobRecord, JobStore
 from training.json_logs import JsonFormatter
-from training.recalibration import recalibrate
+from training.recalibration import policy_in_force, recalibrate
 from training.registry import ActivePointer, open_registry
-from training.thresholds import ThresholdPolicy
+from training.thresholds import PolicyKind
 
 audit_log = logging.getLogger("fraudscore.audit")
 # How long ``jobs cancel`` waits for the job's runner to confirm.
@@ -95,19 +95,12 @@ def dispatch(args: argparse.Namespace) -> int | None:
 
 def _recalibrate(args: argparse.Namespace) -> int:
     registry = open_registry(args.registry)
-    pointer = registry.active()
-    if pointer is None:
+    current = policy_in_force(registry)
+    if current is None:
         raise FraudscoreError(f"no active model in {args.registry} to recalibrate")
-    current = registry.load_thresholds(pointer.model_version, pointer.thresholds_version)
-    kind, value = (
-        ("quantile", args.quantile)
-        if args.quantile is not None
-        else ("target_alert_rate", args.target_alert_rate)
-    )
-    fields: dict[str, Any] = {"kind": kind, "value": value}
-    if args.outlying_weight is not None:
-        fields["outlying_weight"] = args.outlying_weight
-    policy = ThresholdPolicy.from_dict({**current.policy.to_dict(), **fields})
+    kind: PolicyKind = "quantile" if args.quantile is not None else "target_alert_rate"
+    value = args.quantile if args.quantile is not None else args.target_alert_rate
+    policy = current.adjusted(kind, value, outlying_weight=args.outlying_weight)
     outcome = recalibrate(
         registry,
         policy,

@@ -82,17 +82,17 @@ def test_recalibrate_sets_the_outlying_weight_and_keeps_it_after(work: Path) -> 
     model = registry.active()
     assert model is not None
     assert registry.load_thresholds(model.model_version, 1).policy.outlying_weight == 1.0
-    for args, version in (
-        (["--outlying-weight", "0"], 2),
-        ([], 3),  # carried over
-        (["--outlying-weight", "2.5"], 4),
+    for args, version, expected in (
+        (["--outlying-weight", "0"], 2, 0.0),
+        ([], 3, 0.0),  # carried over
+        (["--outlying-weight", "2.5"], 4, 2.5),
     ):
         result = run(
             "recalibrate", "--target-alert-rate", "0.01", *args, "--registry", "reg", cwd=work
         )
         assert result.returncode == 0, result.stderr
         stored = registry.load_thresholds(model.model_version, version)
-        assert stored.policy.outlying_weight == (2.5 if version == 4 else 0.0)
+        assert stored.policy.outlying_weight == expected
 
 
 def test_recalibrate_usage_errors_exit_2(work: Path) -> None:

@@ -28,6 +28,7 @@ from training.jobs import JobRecord, JobStore, this_process
 from training.json_logs import JsonFormatter
 from training.pipeline import SageMakerTarget, TrainRequest, train
 from training.promotion import PromotionGate, evaluate
+from training.recalibration import policy_in_force
 from training.registry import Registry, open_registry, parse_s3_url
 from training.thresholds import ThresholdPolicy
 
@@ -177,15 +178,6 @@ def _stop_tuning_job(name: str) -> str:
     return f"stopped {name}"
 
 
-def _policy_in_force(registry: Registry) -> ThresholdPolicy:
-    """The active thresholds' policy (the defaults when nothing is active): an operator's
-    recalibration (alert rate, rare-pattern share, outlying weight) outlives a retrain."""
-    pointer = registry.active()
-    if pointer is None:
-        return ThresholdPolicy()
-    return registry.load_thresholds(pointer.model_version, pointer.thresholds_version).policy
-
-
 def retrain(registry: Registry, runner: Runner) -> dict[str, Any]:
     """Train with the job's parameters, register, and promote if asked and the gate passes."""
     params = runner.record.params
@@ -202,7 +194,9 @@ def retrain(registry: Registry, runner: Runner) -> dict[str, Any]:
             max_jobs=int((tuning or {}).get("max_jobs", 10)),
             max_parallel=int((tuning or {}).get("max_parallel", 2)),
             strategy=str((tuning or {}).get("strategy", "Bayesian")),
-            policy=_policy_in_force(registry),
+            # An operator's recalibration (alert rate, rare-pattern share, outlying weight)
+            # outlives a retrain; the defaults when no model is active.
+            policy=policy_in_force(registry) or ThresholdPolicy(),
             activate=False,
             sagemaker=_sagemaker_target(float(params.get("poll_s", 30.0)))
             if params.get("mode") == "sagemaker"

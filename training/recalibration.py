@@ -44,6 +44,14 @@ class Recalibration:
     activated: ActivePointer | None
 
 
+def policy_in_force(registry: Registry) -> ThresholdPolicy | None:
+    """The policy of the active thresholds; None when no model is active."""
+    pointer = registry.active()
+    if pointer is None:
+        return None
+    return registry.load_thresholds(pointer.model_version, pointer.thresholds_version).policy
+
+
 def recalibrate(
     registry: Registry,
     policy: ThresholdPolicy,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -56,6 +56,14 @@ class ThresholdPolicy:
             raise ValueError(
                 f"outlying_weight must be a finite number >= 0, got {self.outlying_weight!r}"
             )
+
+    def adjusted(
+        self, kind: PolicyKind, value: float, *, outlying_weight: float | None = None
+    ) -> ThresholdPolicy:
+        """This policy with a new kind and value, and outlying weight if one is given; its
+        other settings (rare-pattern share, minimum points) carry over."""
+        weight = self.outlying_weight if outlying_weight is None else outlying_weight
+        return replace(self, kind=kind, value=value, outlying_weight=weight)
 
     @property
     def expected_alert_rate(self) -> float:

@@ -8,7 +8,7 @@ loop that scores, and answers with its outcome.
 from __future__ import annotations
 
 from pathlib import Path as FilePath
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Path, Request, Response
 from pydantic import BaseModel, Field
@@ -31,9 +31,9 @@ from service.jobs import JobManager
 from training.bundle import MODEL_VERSION_PATTERN
 from training.errors import DataError, FraudscoreError, RegistryError
 from training.jobs import JOB_ID_PATTERN, JobRecord
+from training.recalibration import policy_in_force
 from training.recalibration import recalibrate as recalibrate_thresholds
 from training.registry import ActivePointer
-from training.thresholds import ThresholdPolicy
 
 router = APIRouter(
     prefix="/admin",
@@ -161,19 +161,10 @@ def recalibrate(
     body: RecalibrateRequest, registry: RegistryDep, caller: AdminCaller
 ) -> RecalibrationReport:
     """New thresholds for the active model; written and activated unless ``dry_run``."""
-    if body.quantile is not None:
-        policy_fields: dict[str, Any] = {"kind": "quantile", "value": body.quantile}
-    else:
-        policy_fields = {"kind": "target_alert_rate", "value": body.target_alert_rate}
-    if body.outlying_weight is not None:
-        policy_fields["outlying_weight"] = body.outlying_weight
-    pointer = registry.active()
-    if pointer is None:
+    current = policy_in_force(registry)
+    if current is None:
         raise Conflict("no active model to recalibrate")
-    current = registry.load_thresholds(pointer.model_version, pointer.thresholds_version)
-    # The other policy settings (rare-pattern share, minimum points and, unless given, the
-    # outlying weight) carry over.
-    policy = ThresholdPolicy.from_dict({**current.policy.to_dict(), **policy_fields})
+    policy = current.adjusted(*body.policy_choice(), outlying_weight=body.outlying_weight)
     data = None
     if body.data is not None:
         if body.data.startswith("s3://"):

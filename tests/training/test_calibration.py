@@ -467,6 +467,19 @@ def test_the_policy_keeps_its_outlying_weight_and_checks_it() -> None:
     for bad in (-0.5, math.inf, math.nan):
         with pytest.raises(ValueError, match="outlying_weight must be a finite number >= 0"):
             ThresholdPolicy(outlying_weight=bad)
+        with pytest.raises(ValueError, match="outlying_weight must be a finite number >= 0"):
+            policy.adjusted("quantile", 0.9, outlying_weight=bad)
+
+
+def test_an_adjusted_policy_keeps_the_settings_it_is_not_given() -> None:
+    policy = ThresholdPolicy(value=0.02, rare_share=0.01, min_points=12, outlying_weight=0.25)
+    kept = policy.adjusted("quantile", 0.95)
+    assert kept == ThresholdPolicy("quantile", 0.95, 0.01, 12, 0.25)
+    assert policy.adjusted("target_alert_rate", 0.03, outlying_weight=0.0) == ThresholdPolicy(
+        "target_alert_rate", 0.03, 0.01, 12, 0.0
+    )
+    with pytest.raises(ValueError, match="policy value"):
+        policy.adjusted("quantile", 1.5)
 
 
 def test_calibrate_records_versions_and_policy() -> None:
