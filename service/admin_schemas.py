@@ -96,7 +96,7 @@ class RecalibrateRequest(BaseModel):
     )
 
     quantile: Annotated[float | None, Field(gt=0.0, lt=1.0, allow_inf_nan=False)] = None
-    """Per-cluster quantile of held-out distances (e.g. 0.99)."""
+    """Per-cluster quantile of calibration distances (e.g. 0.99)."""
     target_alert_rate: Annotated[float | None, Field(gt=0.0, lt=1.0, allow_inf_nan=False)] = None
     """Overall share of transactions to flag (e.g. 0.01)."""
     outlying_weight: Annotated[float | None, Field(ge=0.0, allow_inf_nan=False)] = None

@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     policy.add_argument(
         "--target-alert-rate",
         type=fraction,
-        help="overall share of held-out rows to flag, spread over clusters by width, size "
+        help="overall share of transactions to flag, spread over clusters by width, size "
         "and how far out they lie (the default policy, 0.01)",
     )
     policy.add_argument(
@@ -423,7 +423,7 @@ def _print_outcome(outcome: TrainOutcome) -> None:
             f"test:msd={best['FinalHyperParameterTuningJobObjectiveMetric']['Value']:.6g} "
             f"with {json.dumps(best['TunedHyperParameters'], sort_keys=True)}"
         )
-    print(f"{'cluster':>7} {'share':>8} {'threshold':>10} {'held-out':>9} {'alerts':>7}  note")
+    print(f"{'cluster':>7} {'share':>8} {'threshold':>10} {'cal. rows':>9} {'alerts':>7}  note")
     for i in range(t.k):
         note = "rare pattern" if t.rare[i] else ("fallback threshold" if t.fallback[i] else "")
         print(

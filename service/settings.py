@@ -42,9 +42,9 @@ class Settings(BaseSettings):
     at most this fraction (same features only)."""
 
     promotion_alert_rate_tolerance: Annotated[float, Field(ge=0.0, le=10.0)] = 1.0
-    """Auto promotion gate: the calibrated alert rate (on the held-out rows) must be within
+    """Auto promotion gate: the calibrated alert rate (on the calibration rows) must be within
     this fraction of the rate the threshold policy aims for (1.0: at most twice the aim; a
-    held-out split of a few thousand rows measures a 1 % rate only to about +-30 %)."""
+    sample of a few thousand rows measures a 1 % rate only to about +-30 %)."""
 
     backend: Literal["local", "sagemaker"] = "local"
     """Where the nearest cluster is found: ``local`` (centroids in process) or ``sagemaker``."""

@@ -218,30 +218,63 @@ def _check_spec_dim(spec: dict[str, Any], feature_dim: int) -> None:
 
 @dataclass(frozen=True, eq=False)
 class CalibrationSample:
-    """Held-out rows' (cluster, distance[, label]) for re-thresholding without the data."""
+    """The rows thresholds are fitted on, kept for re-thresholding without the data.
+
+    ``clusters``, ``distances`` and ``labels`` are the held-out rows (labels when training
+    had a label column). ``training_clusters`` and ``training_distances`` are a uniform
+    sample of the training rows with their leave-one-out distances (see
+    :func:`training.calibration.leave_one_out`); both or neither, and neither in bundles
+    made before they were kept. Thresholds are fitted on both parts
+    (:meth:`calibration_rows`); label reports use the held-out rows only.
+    """
 
     clusters: npt.NDArray[np.int32]
     distances: npt.NDArray[np.float32]
     labels: npt.NDArray[np.int8] | None = None
+    training_clusters: npt.NDArray[np.int32] | None = None
+    training_distances: npt.NDArray[np.float32] | None = None
 
     def __post_init__(self) -> None:
-        problem = _sample_problem(self.clusters, self.distances, self.labels)
+        problem = _sample_problem(self._arrays())
         if problem is not None:
             raise BundleError(f"calibration sample: {problem}")
 
     @property
     def n(self) -> int:
-        """Number of rows."""
+        """Number of held-out rows."""
         return int(self.clusters.shape[0])
+
+    @property
+    def training_rows(self) -> int:
+        """Number of training rows kept (0 in bundles made before they were)."""
+        return 0 if self.training_clusters is None else int(self.training_clusters.shape[0])
+
+    def calibration_rows(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """(cluster, distance) of every row thresholds are fitted on: held-out, then training."""
+        clusters = [self.clusters.astype(np.int64)]
+        distances = [self.distances.astype(np.float64)]
+        if self.training_clusters is not None and self.training_distances is not None:
+            clusters.append(self.training_clusters.astype(np.int64))
+            distances.append(self.training_distances.astype(np.float64))
+        return np.concatenate(clusters), np.concatenate(distances)
+
+    def max_cluster(self) -> int:
+        """The largest cluster id in either part; -1 when there are no rows."""
+        ids = [a for a in (self.clusters, self.training_clusters) if a is not None and a.size]
+        return max((int(a.max()) for a in ids), default=-1)
+
+    def _arrays(self) -> dict[str, npt.NDArray[Any] | None]:
+        return {
+            "clusters": self.clusters,
+            "distances": self.distances,
+            "labels": self.labels,
+            "training_clusters": self.training_clusters,
+            "training_distances": self.training_distances,
+        }
 
     def to_npz_bytes(self) -> bytes:
         """``calibration.npz`` content; deterministic for equal arrays."""
-        arrays: dict[str, npt.NDArray[Any]] = {
-            "clusters": self.clusters,
-            "distances": self.distances,
-        }
-        if self.labels is not None:
-            arrays["labels"] = self.labels
+        arrays = {name: arr for name, arr in self._arrays().items() if arr is not None}
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             for name, arr in arrays.items():
@@ -262,9 +295,7 @@ class CalibrationSample:
                 missing = {"clusters", "distances"} - names
                 if missing:
                     raise BundleError(f"{source}: missing array(s) {', '.join(sorted(missing))}")
-                clusters = npz["clusters"]
-                distances = npz["distances"]
-                labels = npz["labels"] if "labels" in names else None
+                arrays = {name: npz[name] if name in names else None for name in _SAMPLE_ARRAYS}
         except BundleError:
             raise
         except (
@@ -277,36 +308,50 @@ class CalibrationSample:
             zlib.error,
         ) as exc:
             raise BundleError(f"{source}: corrupt or truncated npz file ({exc})") from None
-        problem = _sample_problem(clusters, distances, labels)
+        problem = _sample_problem(arrays)
         if problem is not None:
             raise BundleError(f"{source}: {problem}")
-        return cls(clusters=clusters, distances=distances, labels=labels)
+        return cls(**arrays)  # type: ignore[arg-type]
 
 
-def _sample_problem(
-    clusters: npt.NDArray[Any], distances: npt.NDArray[Any], labels: npt.NDArray[Any] | None
-) -> str | None:
-    """What is wrong with calibration arrays, or None."""
-    expected: list[tuple[str, npt.NDArray[Any], type[np.generic]]] = [
-        ("clusters", clusters, np.int32),
-        ("distances", distances, np.float32),
-    ]
-    if labels is not None:
-        expected.append(("labels", labels, np.int8))
-    for name, arr, dtype in expected:
+_SAMPLE_ARRAYS = ("clusters", "distances", "labels", "training_clusters", "training_distances")
+_SAMPLE_DTYPES: dict[str, type[np.generic]] = {
+    "clusters": np.int32,
+    "distances": np.float32,
+    "labels": np.int8,
+    "training_clusters": np.int32,
+    "training_distances": np.float32,
+}
+
+
+def _sample_problem(arrays: Mapping[str, npt.NDArray[Any] | None]) -> str | None:
+    """What is wrong with calibration arrays (name -> array or None), or None."""
+    for name, arr in arrays.items():
+        if arr is None:
+            continue
+        dtype = _SAMPLE_DTYPES[name]
         if not isinstance(arr, np.ndarray) or arr.dtype != dtype or arr.ndim != 1:
             shape = getattr(arr, "shape", "?")
             got = getattr(arr, "dtype", type(arr).__name__)
             return f"'{name}' must be a 1-d {np.dtype(dtype).name} array, got {got} {shape}"
-    n = clusters.shape[0]
-    for name, arr, _ in expected[1:]:
-        if arr.shape[0] != n:
-            return f"'{name}' has {arr.shape[0]} rows, 'clusters' has {n}"
-    if n and int(clusters.min()) < 0:
-        return "'clusters' has negative cluster ids"
-    if not np.all(np.isfinite(distances)) or (n and float(distances.min()) < 0):
-        return "'distances' must be finite and >= 0"
-    if labels is not None and not np.all((labels == 0) | (labels == 1)):
+    if (arrays["training_clusters"] is None) != (arrays["training_distances"] is None):
+        return "'training_clusters' and 'training_distances' come together: one is missing"
+    parts = (("clusters", ("distances", "labels")), ("training_clusters", ("training_distances",)))
+    for ids, others in parts:
+        clusters, distances = arrays[ids], arrays[others[0]]
+        if clusters is None or distances is None:
+            continue
+        n = clusters.shape[0]
+        for name in others:
+            arr = arrays[name]
+            if arr is not None and arr.shape[0] != n:
+                return f"'{name}' has {arr.shape[0]} rows, '{ids}' has {n}"
+        if n and int(clusters.min()) < 0:
+            return f"'{ids}' has negative cluster ids"
+        if not np.all(np.isfinite(distances)) or (n and float(distances.min()) < 0):
+            return f"'{others[0]}' must be finite and >= 0"
+    labels_arr = arrays["labels"]
+    if labels_arr is not None and not np.all((labels_arr == 0) | (labels_arr == 1)):
         return "'labels' must be 0 or 1"
     return None
 
@@ -350,7 +395,7 @@ class Bundle:
                 f"{where}: thresholds version {t.version} has {t.k} clusters, the model has {m.k}"
             )
         cal = self.calibration
-        if cal.n and int(cal.clusters.max()) >= m.k:
+        if cal.max_cluster() >= m.k:
             raise BundleError(
-                f"{where}: calibration sample has cluster id {int(cal.clusters.max())} but k={m.k}"
+                f"{where}: calibration sample has cluster id {cal.max_cluster()} but k={m.k}"
             )

@@ -1,4 +1,7 @@
-"""Fitting per-cluster thresholds on a held-out sample, and judging them against labels.
+"""Fitting per-cluster thresholds on a calibration sample, and judging them against labels.
+
+The calibration sample is every held-out row plus a uniform sample of the training rows with
+their leave-one-out distances (:func:`leave_one_out`; see "Which rows" below).
 
 Two policies (see :class:`training.thresholds.ThresholdPolicy`):
 
@@ -86,6 +89,18 @@ allows (3.7 rows on cardio at 1 %): no weighting kept more than 107 of the 120 r
 ±30 % (the defaults: 104). Estimating each cluster's alert rate from the pooled tail of all
 clusters' normalised distances (more rows, less noise) did worse: the clusters' tails differ
 in shape, and it kept 59 of 120 (72 when only shrunk towards the pooled tail).
+
+Which rows: a cluster's distances from its own training rows are biased small (the centre is
+their mean, pulled towards each of them), which is why thresholds were once fitted on the
+held-out rows alone. For a centre that is the mean of its ``n`` rows the bias is exact and
+removable: a row's distance to the mean of the *other* ``n - 1`` rows is its distance to the
+centre times ``n / (n - 1)`` (:func:`leave_one_out`). With the training rows' leave-one-out
+distances the sample is five times larger, and the alert rate at 1 % rests on five times as
+many tail rows. On the benchmark (k=10, seeds 0-19) the flagged share was within ±30 % of
+1 % on 104 of 120 runs with held-out rows alone, and on 120 of 120 with both, measured
+honestly (``benchmarks/quality.py`` judges each row by thresholds fitted without it); the
+median ROC-AUC moved by +0.0005 on average. The per-cluster quantile policy gains most
+(its thresholds rest on each cluster's own tail): from 70 to 109 of 120.
 
 How ``cut`` is chosen (post-stratification): the expected alert rate is
 ``sum_c share[c] * (alert rate of cluster c's held-out rows)``, rare-pattern clusters
@@ -230,6 +245,25 @@ def calibrate(
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         extra=extra,
     )
+
+
+def leave_one_out(
+    clusters: npt.ArrayLike, distances: npt.ArrayLike, counts: npt.ArrayLike
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """Training rows' distances to their cluster's centre with the row itself left out.
+
+    ``counts[c]`` is the number of training rows of cluster ``c``, whose centre is their
+    mean: the mean of the other ``n - 1`` rows lies ``n / (n - 1)`` times as far from the row
+    as the centre does. Rows of a cluster with fewer than two training rows have no such
+    distance and are left out of the result.
+    """
+    n = np.asarray(counts, dtype=np.float64)
+    if n.ndim != 1 or not np.all(np.isfinite(n)) or np.any(n < 0):
+        raise DataError("counts must be a 1-d array of finite numbers >= 0")
+    cl, dist = _as_sample(clusters, distances, n.shape[0], allow_empty=True)
+    own = n[cl]
+    keep = own >= 2.0
+    return cl[keep], dist[keep] * (own[keep] / (own[keep] - 1.0))
 
 
 def label_report(
@@ -528,9 +562,10 @@ def _outlyingness(
 
 
 def _as_sample(
-    clusters: npt.ArrayLike, distances: npt.ArrayLike, k: int
+    clusters: npt.ArrayLike, distances: npt.ArrayLike, k: int, *, allow_empty: bool = False
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
-    """A validated, non-empty (cluster, distance) sample for a k-cluster model."""
+    """A validated (cluster, distance) sample for a k-cluster model, non-empty unless
+    ``allow_empty``."""
     cl = np.asarray(clusters)
     dist = np.asarray(distances, dtype=np.float64)
     if cl.ndim != 1 or dist.ndim != 1 or cl.shape != dist.shape:
@@ -538,7 +573,7 @@ def _as_sample(
             f"calibration sample: clusters {cl.shape} and distances {dist.shape} must be "
             "1-d arrays of the same length"
         )
-    if cl.shape[0] == 0:
+    if cl.shape[0] == 0 and not allow_empty:
         raise DataError("calibration sample is empty: no held-out rows to calibrate on")
     integral = np.issubdtype(cl.dtype, np.integer) or (
         np.issubdtype(cl.dtype, np.floating) and bool(np.all(cl == np.round(cl)))

@@ -23,7 +23,7 @@ import numpy.typing as npt
 from tqdm import tqdm
 
 from training.bundle import SCHEMA_VERSION, CalibrationSample, Manifest
-from training.calibration import calibrate, label_report
+from training.calibration import calibrate, label_report, leave_one_out
 from training.data import (
     CsvSchema,
     StratifiedSplitter,
@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 
 # Rows per array slice handed to the trainer and to assignment; independent of the CSV chunk.
 ARRAY_BATCH_ROWS = 65_536
+# At most this many training rows join the calibration sample (a uniform, seeded sample):
+# enough for the 1 % tail to rest on thousands of rows, and a bundle a few MB at most.
+CALIBRATION_TRAINING_ROWS = 250_000
 
 # Told of each step of a run: (step name, details such as trials done / total / best msd).
 ProgressHook = Callable[[str, Mapping[str, Any]], None]
@@ -177,14 +180,23 @@ def train(request: TrainRequest, registry: Registry, *, progress: bool = False) 
             centroids, weights = result.centroids, result.cluster_weights
             clusters, distances = _assign_all(x_test, centroids)
             metrics = {name: float(value) for name, value in result.metrics.items()}
+        step("calibrating", {})
+        training_clusters, training_distances = _training_sample(
+            x_train, centroids, weights, request.seed
+        )
         del x_train, x_test
 
-    step("calibrating", {})
     version = registry.new_model_version()
     shares = weights / max(float(weights.sum()), 1.0)
+    sample = CalibrationSample(
+        clusters=clusters.astype(np.int32),
+        distances=distances.astype(np.float32),
+        labels=None if labels is None else labels.astype(np.int8),
+        training_clusters=training_clusters.astype(np.int32),
+        training_distances=training_distances.astype(np.float32),
+    )
     thresholds = calibrate(
-        clusters,
-        distances,
+        *sample.calibration_rows(),
         cluster_shares=shares,
         centroids=centroids,
         policy=request.policy,
@@ -230,15 +242,7 @@ def train(request: TrainRequest, registry: Registry, *, progress: bool = False) 
         )
         manifest = dataclasses.replace(manifest, source=source)
     step("registering", {"model_version": version})
-    registry.save_model(
-        manifest,
-        centroids,
-        CalibrationSample(
-            clusters=clusters.astype(np.int32),
-            distances=distances.astype(np.float32),
-            labels=None if labels is None else labels.astype(np.int8),
-        ),
-    )
+    registry.save_model(manifest, centroids, sample)
     stored = registry.save_thresholds(thresholds)
     if request.activate:
         registry.activate(version, stored.version)
@@ -566,16 +570,39 @@ def _on_sagemaker(
 
 
 def _assign_all(
-    x: npt.NDArray[np.float64], centroids: npt.NDArray[np.float32]
+    x: npt.NDArray[np.float64],
+    centroids: npt.NDArray[np.float32],
+    rows: npt.NDArray[np.int64] | None = None,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
-    """Closest cluster and distance for every row, in slices."""
-    clusters = np.empty(x.shape[0], dtype=np.int64)
-    distances = np.empty(x.shape[0], dtype=np.float64)
-    for start in range(0, x.shape[0], ARRAY_BATCH_ROWS):
-        c, dist = assign(np.asarray(x[start : start + ARRAY_BATCH_ROWS]), centroids)
-        clusters[start : start + c.shape[0]] = c
-        distances[start : start + c.shape[0]] = dist
+    """Closest cluster and distance for every row (or the given rows, in order), in slices."""
+    n = x.shape[0] if rows is None else rows.shape[0]
+    clusters = np.empty(n, dtype=np.int64)
+    distances = np.empty(n, dtype=np.float64)
+    for start in range(0, n, ARRAY_BATCH_ROWS):
+        stop = min(start + ARRAY_BATCH_ROWS, n)
+        batch = x[start:stop] if rows is None else x[rows[start:stop]]
+        c, dist = assign(np.asarray(batch), centroids)
+        clusters[start:stop] = c
+        distances[start:stop] = dist
     return clusters, distances
+
+
+def _training_sample(
+    x_train: npt.NDArray[np.float64],
+    centroids: npt.NDArray[np.float32],
+    counts: npt.NDArray[np.float64],
+    seed: int,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """Leave-one-out (cluster, distance) of the training rows, or of a seeded uniform sample
+    of :data:`CALIBRATION_TRAINING_ROWS` of them (``counts``: training rows per cluster)."""
+    n = x_train.shape[0]
+    rows = None
+    if n > CALIBRATION_TRAINING_ROWS:
+        # Sorted, so the slices read the memory-mapped rows front to back.
+        rng = np.random.default_rng(seed)
+        rows = np.sort(rng.choice(n, size=CALIBRATION_TRAINING_ROWS, replace=False))
+    clusters, distances = _assign_all(x_train, centroids, rows)
+    return leave_one_out(clusters, distances, counts)
 
 
 def _tuning_summary(result: TuningResult | None) -> dict[str, Any] | None:

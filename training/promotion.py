@@ -6,7 +6,7 @@ the model stays registered and inactive, and the job says why. Two checks:
 - ``test:msd`` not worse than the active model's by more than ``max_msd_increase`` (a
   fraction). Only comparable when both models see the same feature space (same
   ``feature_dim`` and fields); otherwise the check is skipped and the decision says so.
-- the calibrated alert rate (what the thresholds flag on the held-out rows) within
+- the calibrated alert rate (what the thresholds flag on the calibration rows) within
   ``alert_rate_tolerance`` (a fraction) of the rate the threshold policy aims for.
 """
 
@@ -56,7 +56,7 @@ class GateDecision:
 
 
 def calibrated_alert_rate(thresholds: Thresholds) -> float:
-    """The share of held-out rows the thresholds flag (per-cluster rates weighted by count)."""
+    """The share of calibration rows the thresholds flag (per-cluster rates weighted by count)."""
     counts = thresholds.counts.astype(np.float64)
     total = float(counts.sum())
     return float((thresholds.alert_rates * counts).sum() / total) if total else 0.0

@@ -1,8 +1,9 @@
 """Re-threshold the active model without retraining: a new thresholds version and its report.
 
 The sample is the model's stored calibration sample (held-out cluster and distance, with
-labels when training had them) or a CSV file scored with the model's own feature spec and
-centroids. The report compares the thresholds in force with the new ones on that sample:
+labels when training had them, and the training rows' leave-one-out distances) or a CSV file
+scored with the model's own feature spec and centroids. The report compares the thresholds in
+force with the new ones on that sample (on the stored sample's held-out rows):
 per cluster the count, old and new threshold and alert rate; overall alert rates; with
 labels, precision, recall and PR-AUC before and after.
 """
@@ -73,6 +74,7 @@ def recalibrate(
     manifest = bundle.manifest
     if data is not None:
         sample = score_file(data, manifest.feature_spec, bundle.centroids, label_column, chunk_rows)
+        fit_on = (sample.clusters, sample.distances)
     else:
         if label_column is not None:
             raise DataError(
@@ -86,12 +88,14 @@ def recalibrate(
             labels=None if stored.labels is None else stored.labels.astype(bool),
             source="stored calibration sample",
         )
+        # Fitted on the held-out and the training rows, as training fitted them; the report
+        # compares on the held-out rows, the ones labels are kept for.
+        fit_on = stored.calibration_rows()
     if sample.clusters.size == 0:
         raise DataError(f"the {sample.source} has no rows to calibrate on")
     old = bundle.thresholds
     new = calibrate(
-        sample.clusters,
-        sample.distances,
+        *fit_on,
         cluster_shares=manifest.cluster_shares,
         centroids=bundle.centroids,
         policy=policy,

@@ -147,10 +147,10 @@ class Registry:
             model_tar = write_model_tar(c)
         except ArtifactError as exc:
             raise BundleError(f"model {v}: {exc}") from None
-        if calibration.n and int(calibration.clusters.max()) >= manifest.k:
+        if calibration.max_cluster() >= manifest.k:
             raise BundleError(
                 f"model {v}: calibration sample has cluster id "
-                f"{int(calibration.clusters.max())} but k={manifest.k}"
+                f"{calibration.max_cluster()} but k={manifest.k}"
             )
         manifest_json = manifest.to_json().encode()
         self.storage.write(self._model_key(v, "model.tar.gz"), model_tar)

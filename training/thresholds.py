@@ -29,10 +29,12 @@ class ThresholdPolicy:
     the clusters by their width, training share and how far out they lie (smaller clusters,
     and clusters on the edge of the data, are judged more strictly), so that the expected
     share of flagged rows, rare-pattern clusters included, equals ``value``: each cluster's
-    held-out alert rate weighted by its training share. See :mod:`training.calibration` for
+    alert rate on the calibration rows weighted by its training share. See
+    :mod:`training.calibration` for
     why this is the default.
     ``quantile`` (e.g. 0.99): each cluster's threshold is that quantile of its own
-    held-out distances, so every cluster alerts at about ``1 - value``.
+    calibration distances (held-out rows, and training rows left out of their centre), so
+    every cluster alerts at about ``1 - value``.
     """
 
     kind: PolicyKind = "target_alert_rate"

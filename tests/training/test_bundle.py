@@ -66,12 +66,14 @@ def thresholds(**overrides: Any) -> Thresholds:
     return make_thresholds(VERSION, overrides.pop("k", K), **overrides)
 
 
-def sample(n: int = 6, *, labels: bool = True) -> CalibrationSample:
-    """A small calibration sample over clusters 0..K-1."""
+def sample(n: int = 6, *, labels: bool = True, training: int = 0) -> CalibrationSample:
+    """A small calibration sample over clusters 0..K-1 (with ``training`` training rows)."""
     return CalibrationSample(
         clusters=(np.arange(n) % K).astype(np.int32),
         distances=np.linspace(0.0, 3.0, n).astype(np.float32),
         labels=(np.arange(n) % 2).astype(np.int8) if labels else None,
+        training_clusters=(np.arange(training) % K).astype(np.int32) if training else None,
+        training_distances=np.linspace(1.0, 2.0, training).astype(np.float32) if training else None,
     )
 
 
@@ -196,6 +198,34 @@ def test_calibration_sample_round_trip(labels: bool) -> None:
     assert data == sample(labels=labels).to_npz_bytes()  # deterministic bytes
 
 
+def test_training_rows_round_trip_and_join_the_rows_thresholds_are_fitted_on() -> None:
+    original = sample(n=6, training=9)
+    loaded = CalibrationSample.from_npz_bytes(original.to_npz_bytes())
+    assert (loaded.n, loaded.training_rows) == (6, 9)
+    assert loaded.training_clusters is not None
+    assert loaded.training_distances is not None
+    assert loaded.training_clusters.dtype == np.int32
+    assert loaded.training_distances.dtype == np.float32
+    clusters, distances = loaded.calibration_rows()
+    np.testing.assert_array_equal(clusters, np.r_[np.arange(6) % K, np.arange(9) % K])
+    np.testing.assert_array_equal(
+        distances, np.r_[original.distances, original.training_distances].astype(np.float64)
+    )
+    assert clusters.dtype == np.int64
+    assert distances.dtype == np.float64
+
+
+def test_a_sample_from_before_training_rows_were_kept_still_loads() -> None:
+    # calibration.npz as older versions wrote it: held-out arrays only.
+    data = npz(clusters=np.array([0, 2], np.int32), distances=np.array([1, 2], np.float32))
+    loaded = CalibrationSample.from_npz_bytes(data)
+    assert loaded.training_rows == 0
+    assert loaded.max_cluster() == 2
+    clusters, distances = loaded.calibration_rows()
+    np.testing.assert_array_equal(clusters, [0, 2])
+    np.testing.assert_array_equal(distances, [1.0, 2.0])
+
+
 def test_empty_calibration_sample_round_trips() -> None:
     empty = CalibrationSample(np.zeros(0, np.int32), np.zeros(0, np.float32))
     assert CalibrationSample.from_npz_bytes(empty.to_npz_bytes()).n == 0
@@ -251,6 +281,50 @@ def npz(**arrays: npt.NDArray[Any]) -> bytes:
             npz(
                 clusters=np.zeros(2, np.int32),
                 distances=np.zeros(2, np.float32),
+                training_clusters=np.zeros(3, np.int32),
+            ),
+            "'training_clusters' and 'training_distances' come together",
+        ),
+        (
+            npz(
+                clusters=np.zeros(2, np.int32),
+                distances=np.zeros(2, np.float32),
+                training_clusters=np.zeros(3, np.int32),
+                training_distances=np.zeros(4, np.float32),
+            ),
+            "'training_distances' has 4 rows, 'training_clusters' has 3",
+        ),
+        (
+            npz(
+                clusters=np.zeros(2, np.int32),
+                distances=np.zeros(2, np.float32),
+                training_clusters=np.array([0, -2], np.int32),
+                training_distances=np.zeros(2, np.float32),
+            ),
+            "'training_clusters' has negative cluster ids",
+        ),
+        (
+            npz(
+                clusters=np.zeros(2, np.int32),
+                distances=np.zeros(2, np.float32),
+                training_clusters=np.zeros(1, np.int32),
+                training_distances=np.array([np.inf], np.float32),
+            ),
+            "'training_distances' must be finite",
+        ),
+        (
+            npz(
+                clusters=np.zeros(2, np.int32),
+                distances=np.zeros(2, np.float32),
+                training_clusters=np.zeros(1, np.int64),
+                training_distances=np.zeros(1, np.float32),
+            ),
+            "'training_clusters' must be a 1-d int32",
+        ),
+        (
+            npz(
+                clusters=np.zeros(2, np.int32),
+                distances=np.zeros(2, np.float32),
                 labels=np.array([0, 2], np.int8),
             ),
             "0 or 1",
@@ -300,6 +374,17 @@ def test_valid_bundle() -> None:
         (
             {"calibration": CalibrationSample(np.array([0, K], np.int32), np.ones(2, np.float32))},
             "cluster id 3 but k=3",
+        ),
+        (
+            {
+                "calibration": CalibrationSample(
+                    np.zeros(2, np.int32),
+                    np.ones(2, np.float32),
+                    training_clusters=np.array([1, K + 1], np.int32),
+                    training_distances=np.ones(2, np.float32),
+                )
+            },
+            "cluster id 4 but k=3",
         ),
     ],
 )

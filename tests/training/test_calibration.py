@@ -12,7 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from training.calibration import average_precision, calibrate, label_report, roc_auc
+from training.calibration import (
+    average_precision,
+    calibrate,
+    label_report,
+    leave_one_out,
+    roc_auc,
+)
 from training.errors import DataError
 from training.thresholds import ThresholdPolicy, Thresholds, judge
 
@@ -528,6 +534,58 @@ def test_negative_weights_are_rejected() -> None:
         calibrate([0], [1.0], **one, model_version="m", share_weight=-1.0)
     with pytest.raises(DataError, match="spread_quantile"):
         calibrate([0], [1.0], **one, model_version="m", spread_quantile=1.0)
+
+
+# -- leave-one-out distances of training rows ------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sizes=st.lists(st.integers(2, 12), min_size=1, max_size=4),
+    dim=st.integers(1, 5),
+    seed=st.integers(0, 2**16),
+)
+def test_leave_one_out_is_the_distance_to_the_mean_of_the_other_rows(
+    sizes: list[int], dim: int, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(sum(sizes), dim)) * rng.uniform(0.1, 10.0)
+    clusters = np.repeat(np.arange(len(sizes)), sizes)
+    centres = np.array([x[clusters == c].mean(axis=0) for c in range(len(sizes))])
+    distances = np.linalg.norm(x - centres[clusters], axis=1)
+    kept, loo = leave_one_out(clusters, distances, np.array(sizes, dtype=np.float64))
+    np.testing.assert_array_equal(kept, clusters)
+    others = np.array(
+        [
+            np.linalg.norm(x[i] - np.delete(x, i, axis=0)[np.delete(clusters, i) == c].mean(axis=0))
+            for i, c in enumerate(clusters)
+        ]
+    )
+    np.testing.assert_allclose(loo, others, rtol=1e-9, atol=1e-12)
+    # In-sample distances are biased small: leaving the row out never brings it closer.
+    assert np.all(loo >= distances)
+
+
+def test_leave_one_out_drops_rows_of_clusters_with_fewer_than_two_rows() -> None:
+    kept, loo = leave_one_out([0, 1, 2, 2], [1.0, 2.0, 3.0, 4.0], [1.0, 0.0, 4.0])
+    np.testing.assert_array_equal(kept, [2, 2])
+    np.testing.assert_allclose(loo, [4.0, 16.0 / 3.0])
+    empty_clusters, empty = leave_one_out([], [], [3.0])
+    assert empty_clusters.shape == empty.shape == (0,)
+
+
+@pytest.mark.parametrize(
+    ("counts", "message"),
+    [([[2.0]], "1-d"), ([np.nan], "finite"), ([-1.0], ">= 0")],
+)
+def test_leave_one_out_rejects_bad_counts(counts: list[object], message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        leave_one_out([0], [1.0], counts)  # type: ignore[arg-type]
+
+
+def test_leave_one_out_rejects_a_cluster_id_beyond_the_counts() -> None:
+    with pytest.raises(DataError, match=r"cluster id 1 is outside 0\.\.0"):
+        leave_one_out([0, 1], [1.0, 1.0], [5.0])
 
 
 def _hand_thresholds() -> Thresholds:

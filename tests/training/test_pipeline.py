@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from training import pipeline
 from training.demo import DEMO_FEATURES, LABEL_COLUMN, DemoConfig, generate, write_csv
 from training.errors import DataError, HyperparameterError, SpecError, TuningError
 from training.pipeline import TrainRequest, train
@@ -65,6 +66,42 @@ def test_test_metric_matches_calibration_sample(demo_csv: Path, tmp_path: Path) 
     sample = registry.load_calibration(outcome.manifest.model_version)
     msd = float(np.mean(sample.distances.astype(np.float64) ** 2))
     assert msd == pytest.approx(outcome.manifest.metrics["test:msd"], rel=1e-4)
+
+
+def test_thresholds_are_fitted_on_held_out_and_training_rows(
+    demo_csv: Path, tmp_path: Path
+) -> None:
+    registry = open_registry(tmp_path / "reg")
+    outcome = train(request(demo_csv), registry)
+    sample = registry.load_calibration(outcome.manifest.model_version)
+    # Every training row (none of the six clusters has fewer than two), with its
+    # leave-one-out distance: farther than in-sample, on the held-out rows' scale.
+    assert sample.training_rows == outcome.train_rows
+    assert sample.training_distances is not None
+    held_out_msd = float(np.mean(sample.distances.astype(np.float64) ** 2))
+    training_msd = float(np.mean(sample.training_distances.astype(np.float64) ** 2))
+    assert training_msd == pytest.approx(held_out_msd, rel=0.15)
+    extra = outcome.thresholds.extra
+    assert extra["calibration_rows"] == outcome.train_rows + outcome.test_rows
+    # The policy's expected rate holds over the training cluster mix, on all those rows.
+    assert extra["expected_alert_rate"] == pytest.approx(0.01, abs=0.002)
+
+
+def test_at_most_a_capped_sample_of_training_rows_is_kept(
+    demo_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pipeline, "CALIBRATION_TRAINING_ROWS", 500)
+    first = open_registry(tmp_path / "a")
+    second = open_registry(tmp_path / "b")
+    a = train(request(demo_csv), first).manifest.model_version
+    b = train(request(demo_csv), second).manifest.model_version
+    sample_a, sample_b = first.load_calibration(a), second.load_calibration(b)
+    assert sample_a.training_rows == 500
+    assert sample_a.n > 1_000  # the held-out rows are all kept
+    # Seeded: the same rows each time.
+    assert sample_a.training_distances is not None
+    assert sample_b.training_distances is not None
+    np.testing.assert_array_equal(sample_a.training_distances, sample_b.training_distances)
 
 
 def test_reproducible_with_seed(demo_csv: Path, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ import numpy.typing as npt
 import pytest
 from sklearn.metrics import average_precision_score, precision_score, recall_score
 
+from training.bundle import CalibrationSample
 from training.data import iter_chunks
 from training.demo import DEMO_FEATURES, LABEL_COLUMN, DemoConfig, generate, write_csv
 from training.errors import DataError, RegistryError
@@ -26,7 +27,7 @@ from training.features import FeatureSpec
 from training.pipeline import TrainRequest, train
 from training.recalibration import recalibrate
 from training.registry import ActivePointer, Registry, open_registry
-from training.thresholds import ThresholdPolicy, Thresholds
+from training.thresholds import ThresholdPolicy, Thresholds, judge
 
 ROWS, K = 2_000, 4
 QUANTILE = ThresholdPolicy(kind="quantile", value=0.9)
@@ -261,13 +262,46 @@ def test_the_report_on_the_stored_sample_matches_an_independent_count(
     )
 
 
-def test_a_lower_quantile_alerts_more_and_at_about_the_asked_rate(registry: Registry) -> None:
+def test_the_stored_sample_fits_on_held_out_and_training_rows(
+    registry: Registry, trained: Trained
+) -> None:
+    sample = registry.load_calibration(trained.model_version)
+    assert sample.training_rows > sample.n > 0
+    outcome = recalibrate(registry, QUANTILE, dry_run=True)
+    assert outcome.thresholds.extra["calibration_rows"] == sample.n + sample.training_rows
+    # The report stays on the held-out rows, the ones with labels.
+    assert outcome.report["overall"]["rows"] == sample.n
+
+
+def test_a_model_stored_without_training_rows_fits_on_its_held_out_rows(
+    registry: Registry, trained: Trained
+) -> None:
+    sample = registry.load_calibration(trained.model_version)
+    held_out_only = CalibrationSample(sample.clusters, sample.distances, sample.labels)
+    key = f"models/{trained.model_version}/calibration.npz"
+    registry.storage.write(key, held_out_only.to_npz_bytes())
+    outcome = recalibrate(registry, QUANTILE, dry_run=True)
+    assert outcome.thresholds.extra["calibration_rows"] == sample.n
+
+
+def test_a_lower_quantile_alerts_more_and_at_about_the_asked_rate(
+    registry: Registry, trained: Trained
+) -> None:
     policy = ThresholdPolicy(kind="quantile", value=0.5, rare_share=0.0)
-    report = recalibrate(registry, policy, dry_run=True).report
+    outcome = recalibrate(registry, policy, dry_run=True)
+    report = outcome.report
     assert report["overall"]["new_alert_rate"] > report["overall"]["old_alert_rate"]
+    # The quantile is read on every row fitted on: held-out and training rows.
+    clusters, distances = registry.load_calibration(trained.model_version).calibration_rows()
+    alerts = judge(outcome.thresholds, clusters, distances).anomalous
     for row in report["clusters"]:
-        if row["count"] >= policy.min_points:
-            assert row["new_alert_rate"] == pytest.approx(0.5, abs=0.05), row
+        member = clusters == row["cluster"]
+        if member.sum() >= policy.min_points:
+            assert alerts[member].mean() == pytest.approx(0.5, abs=0.02), row
+            # The report's held-out rows alone: the same rate, within their sampling error.
+            if row["count"]:
+                error = 0.5 / row["count"] ** 0.5
+                assert row["new_alert_rate"] == pytest.approx(0.5, abs=4 * error), row
             assert row["new_threshold"] < row["old_threshold"]
 
 
@@ -276,8 +310,8 @@ def test_the_policy_in_force_reproduces_the_thresholds_in_force(
 ) -> None:
     old = registry.load_thresholds(trained.model_version, 1)
     outcome = recalibrate(registry, old.policy, dry_run=True)
-    # Training calibrated on float64 distances, the stored sample keeps float32.
-    np.testing.assert_allclose(outcome.thresholds.values, old.values, rtol=1e-5)
+    # Training fits on the sample as stored (float32 distances), so the values are the same.
+    np.testing.assert_array_equal(outcome.thresholds.values, old.values)
     np.testing.assert_array_equal(outcome.thresholds.rare, old.rare)
     overall = outcome.report["overall"]
     assert overall["new_alert_rate"] == pytest.approx(overall["old_alert_rate"], abs=2 / ROWS)
