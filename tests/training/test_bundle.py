@@ -257,6 +257,11 @@ def npz(**arrays: npt.NDArray[Any]) -> bytes:
     return buf.getvalue()
 
 
+def with_training(**training: npt.NDArray[Any]) -> bytes:
+    """calibration.npz bytes: two valid held-out rows and the given training arrays."""
+    return npz(clusters=np.zeros(2, np.int32), distances=np.zeros(2, np.float32), **training)
+
+
 @pytest.mark.parametrize(
     ("data", "match"),
     [
@@ -278,46 +283,32 @@ def npz(**arrays: npt.NDArray[Any]) -> bytes:
             ">= 0",
         ),
         (
-            npz(
-                clusters=np.zeros(2, np.int32),
-                distances=np.zeros(2, np.float32),
-                training_clusters=np.zeros(3, np.int32),
-            ),
+            with_training(training_clusters=np.zeros(3, np.int32)),
             "'training_clusters' and 'training_distances' come together",
         ),
         (
-            npz(
-                clusters=np.zeros(2, np.int32),
-                distances=np.zeros(2, np.float32),
-                training_clusters=np.zeros(3, np.int32),
-                training_distances=np.zeros(4, np.float32),
+            with_training(
+                training_clusters=np.zeros(3, np.int32), training_distances=np.zeros(4, np.float32)
             ),
             "'training_distances' has 4 rows, 'training_clusters' has 3",
         ),
         (
-            npz(
-                clusters=np.zeros(2, np.int32),
-                distances=np.zeros(2, np.float32),
+            with_training(
                 training_clusters=np.array([0, -2], np.int32),
                 training_distances=np.zeros(2, np.float32),
             ),
             "'training_clusters' has negative cluster ids",
         ),
         (
-            npz(
-                clusters=np.zeros(2, np.int32),
-                distances=np.zeros(2, np.float32),
+            with_training(
                 training_clusters=np.zeros(1, np.int32),
                 training_distances=np.array([np.inf], np.float32),
             ),
             "'training_distances' must be finite",
         ),
         (
-            npz(
-                clusters=np.zeros(2, np.int32),
-                distances=np.zeros(2, np.float32),
-                training_clusters=np.zeros(1, np.int64),
-                training_distances=np.zeros(1, np.float32),
+            with_training(
+                training_clusters=np.zeros(1, np.int64), training_distances=np.zeros(1, np.float32)
             ),
             "'training_clusters' must be a 1-d int32",
         ),
