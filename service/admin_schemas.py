@@ -123,7 +123,8 @@ class RecalibrateRequest(BaseModel):
 
 
 class ClusterChange(BaseModel):
-    """One cluster: old and new threshold and alert rate on the calibration sample."""
+    """One cluster: old and new threshold and alert rate on the report's sample (a stored
+    calibration sample's held-out rows, or the given file's rows)."""
 
     cluster: int
     count: int
