@@ -264,13 +264,7 @@ class CalibrationSample:
         return max((int(a.max()) for a in ids), default=-1)
 
     def _arrays(self) -> dict[str, npt.NDArray[Any] | None]:
-        return {
-            "clusters": self.clusters,
-            "distances": self.distances,
-            "labels": self.labels,
-            "training_clusters": self.training_clusters,
-            "training_distances": self.training_distances,
-        }
+        return {name: getattr(self, name) for name in _SAMPLE_DTYPES}
 
     def to_npz_bytes(self) -> bytes:
         """``calibration.npz`` content; deterministic for equal arrays."""
@@ -295,7 +289,7 @@ class CalibrationSample:
                 missing = {"clusters", "distances"} - names
                 if missing:
                     raise BundleError(f"{source}: missing array(s) {', '.join(sorted(missing))}")
-                arrays = {name: npz[name] if name in names else None for name in _SAMPLE_ARRAYS}
+                arrays = {name: npz[name] if name in names else None for name in _SAMPLE_DTYPES}
         except BundleError:
             raise
         except (
@@ -314,7 +308,7 @@ class CalibrationSample:
         return cls(**arrays)  # type: ignore[arg-type]
 
 
-_SAMPLE_ARRAYS = ("clusters", "distances", "labels", "training_clusters", "training_distances")
+# calibration.npz's arrays (CalibrationSample's fields, by name) and their dtypes.
 _SAMPLE_DTYPES: dict[str, type[np.generic]] = {
     "clusters": np.int32,
     "distances": np.float32,

@@ -111,8 +111,8 @@ the extra rows remove.
 
 How ``cut`` is chosen (post-stratification): the expected alert rate is
 ``sum_c share[c] * (alert rate of cluster c's calibration rows)``, rare-pattern clusters
-counting with their whole share. The training shares are measured on every training row, and
-the held-out sample's own cluster mix is noisy for small clusters, and small clusters
+counting with their whole share. The training shares are measured on every training row,
+while the held-out sample's own cluster mix is noisy for small clusters, and small clusters
 are exactly where the share-weighted thresholds spend the alert budget, so a small cluster
 over- or under-represented in the held-out rows used to move the alert rate by a third or
 more. On the benchmark (k=10, seeds 0-19, 120 runs) the runs whose flagged share missed the

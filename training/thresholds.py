@@ -30,8 +30,7 @@ class ThresholdPolicy:
     and clusters on the edge of the data, are judged more strictly), so that the expected
     share of flagged rows, rare-pattern clusters included, equals ``value``: each cluster's
     alert rate on the calibration rows weighted by its training share. See
-    :mod:`training.calibration` for
-    why this is the default.
+    :mod:`training.calibration` for why this is the default.
     ``quantile`` (e.g. 0.99): each cluster's threshold is that quantile of its own
     calibration distances (held-out rows, and training rows left out of their centre), so
     every cluster alerts at about ``1 - value``.

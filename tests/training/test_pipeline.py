@@ -11,6 +11,7 @@ from training import pipeline
 from training.demo import DEMO_FEATURES, LABEL_COLUMN, DemoConfig, generate, write_csv
 from training.errors import DataError, HyperparameterError, SpecError, TuningError
 from training.pipeline import TrainRequest, train
+from training.recalibration import score_file
 from training.registry import Registry, open_registry
 from training.thresholds import ThresholdPolicy
 
@@ -73,14 +74,26 @@ def test_thresholds_are_fitted_on_held_out_and_training_rows(
 ) -> None:
     registry = open_registry(tmp_path / "reg")
     outcome = train(request(demo_csv), registry)
-    sample = registry.load_calibration(outcome.manifest.model_version)
+    manifest = outcome.manifest
+    sample = registry.load_calibration(manifest.model_version)
     # Every training row (none of the six clusters has fewer than two), with its
-    # leave-one-out distance: farther than in-sample, on the held-out rows' scale.
+    # leave-one-out distance: its distance to the centre times n / (n - 1).
     assert sample.training_rows == outcome.train_rows
+    assert sample.training_clusters is not None
     assert sample.training_distances is not None
-    held_out_msd = float(np.mean(sample.distances.astype(np.float64) ** 2))
-    training_msd = float(np.mean(sample.training_distances.astype(np.float64) ** 2))
-    assert training_msd == pytest.approx(held_out_msd, rel=0.15)
+    n = np.asarray(manifest.cluster_shares)[sample.training_clusters] * outcome.train_rows
+    in_sample = sample.training_distances * (n - 1.0) / n
+    # Together with the held-out rows, those are the distances of every row of the file.
+    every_row = score_file(
+        demo_csv,
+        manifest.feature_spec,
+        registry.load_centroids(manifest.model_version),
+        None,
+        1_000,
+    )
+    np.testing.assert_allclose(
+        np.sort(np.r_[sample.distances, in_sample]), np.sort(every_row.distances), rtol=2e-6
+    )
     extra = outcome.thresholds.extra
     assert extra["calibration_rows"] == outcome.train_rows + outcome.test_rows
     # The policy's expected rate holds over the training cluster mix, on all those rows.
