@@ -18,15 +18,23 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore
 
+# The install compiles score-file's C kernels (service/_kernels.c): a compiler in this stage
+# only; the runtime gets the built virtual environment, not the compiler. Its version is the
+# pinned base's Debian release's (an exact pin would break at each security update).
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install --yes --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+
 # Only what the package needs: no tests, benchmarks or infrastructure (see .dockerignore).
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY training ./training
 
-# Every dependency ships manylinux wheels, so no compiler is needed. The environment is made
-# without pip, and only the runtime dependencies go in: the dev extras never do. Byte code is
-# compiled here because the runtime's root filesystem is read-only.
+# Every dependency ships manylinux wheels; only the package's own kernels are compiled. The
+# environment is made without pip, and only the runtime dependencies go in: the dev extras
+# never do. Byte code is compiled here because the runtime's root filesystem is read-only.
 RUN python -m venv --without-pip /opt/fraudscore \
     && pip --python /opt/fraudscore/bin/python install --no-cache-dir .
 

@@ -13,12 +13,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Reinstall only when the project metadata changes.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# Reinstall only when the project metadata or the C kernels change (the install compiles
+# service/_kernels.c: a C compiler is needed).
+$(VENV)/.installed: pyproject.toml service/_kernels.c | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 	@touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-dev: pyproject.toml service/_kernels.c | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $@ $(VENV)/.installed
 

@@ -3,7 +3,9 @@
 Two kinds of block, as :mod:`service.file_scoring` reads them:
 
 - whole lines of the file, each line one record (:meth:`BlockScorer.score_lines`): parsed
-  for the model's columns only, each line kept as it is in the output;
+  for the model's columns only, by :class:`service.line_reader.LineReader` where the lines
+  are simple (plain decimals, no escaped quotes, ...) and by pyarrow's CSV parser where
+  not; each line kept as it is in the output;
 - a batch of text columns from :func:`training.data.iter_text` (:meth:`BlockScorer.score`):
   its rows re-quoted by pyarrow's CSV writer, and a bad value reported with its row.
 """
@@ -21,6 +23,7 @@ import pyarrow.csv as pacsv
 
 from service.column_verdicts import BlockVerdicts, ColumnScorer, OutOfRange
 from service.csv_output import Pieces, VerdictText, byte_positions
+from service.line_reader import LineReader, LineValues
 from service.scoring import ScoringModel
 from training.data import first_bad_value, parse_numbers
 from training.errors import DataError
@@ -60,11 +63,10 @@ class BlockScorer:
         self.features = model.spec._plan
         self.columns = ColumnScorer(model)
         self.text = VerdictText(model)
-        self.categories = [
-            pa.array(f.categories, type=pa.string())
-            for f in model.spec.fields
-            if isinstance(f, CategoricalField)
-        ]
+        known = [f.categories for f in model.spec.fields if isinstance(f, CategoricalField)]
+        self.categories = [pa.array(names, type=pa.string()) for names in known]
+        # Simple lines are read in one compiled pass; pyarrow's parser reads the others.
+        self.lines = LineReader(header, self.features.numeric, self.features.categorical, known)
         # The line path reads the model's columns, numbers as numbers (pyarrow's CSV parser,
         # as training.data reads them), and the last column (see score_lines).
         types = {name: pa.float64() for name in self.features.numeric}
@@ -97,6 +99,30 @@ class BlockScorer:
             pa.Array.from_buffers(
                 pa.string(), 1, [None, pa.py_buffer(np.array([0, data.size], np.int32)), data]
             ).validate(full=True)  # UTF-8 throughout, as the general path checks it
+        except pa.ArrowInvalid:
+            raise NotLines from None
+        values = self.lines.read(block, size)
+        if values is None:
+            values = self._parse_lines(data)
+        ends = values.ends
+        n = len(ends)
+        if n == 0:
+            raise NotLines
+        try:
+            verdicts = self.columns.score(values.numbers, values.codes, n)
+        except OutOfRange:
+            raise NotLines from None
+        starts = np.empty(n, dtype=np.int64)
+        starts[0] = 0
+        starts[1:] = ends[:-1] + 1
+        return self._scored(Pieces(data, starts, ends - starts), verdicts)
+
+    def _parse_lines(self, data: pa.Buffer) -> LineValues:
+        """:meth:`score_lines`' values by pyarrow's CSV parser, for lines that are not simple.
+
+        NotLines if a line is not exactly one record or a value is bad.
+        """
+        try:
             table = pacsv.read_csv(
                 data,
                 read_options=pacsv.ReadOptions(
@@ -116,36 +142,27 @@ class BlockScorer:
         last = table.column(self.header[-1])
         if n != len(ends) or n == 0 or (pa.types.is_string(last.type) and "\n" in last[-1].as_py()):
             raise NotLines
-        numbers = []
-        for name in self.features.numeric:
+        numbers = np.empty((len(self.features.numeric), n), dtype=np.float64)
+        for j, name in enumerate(self.features.numeric):
             values = table.column(name).combine_chunks()
             if values.null_count:
                 raise NotLines
-            numbers.append(values.to_numpy())
-            if not np.isfinite(numbers[-1]).all():
+            numbers[j] = values.to_numpy()
+            if not np.isfinite(numbers[j]).all():
                 raise NotLines
-        codes = self._codes(table, 0, lines=True)
-        try:
-            verdicts = self.columns.score(numbers, codes, n)
-        except OutOfRange:
-            raise NotLines from None
-        starts = np.empty(n, dtype=np.int64)
-        starts[0] = 0
-        starts[1:] = ends[:-1] + 1
-        return self._scored(Pieces(data, starts, ends - starts), verdicts)
+        return LineValues(ends, numbers, self._codes(table, 0, lines=True))
 
     def score(self, batch: pa.RecordBatch, done: int) -> ScoredText:
         """Score ``batch`` of text (data rows ``done + 1`` on) into CSV text rows."""
         fp = self.features
-        numbers = []
-        for name in fp.numeric:
+        numbers = np.empty((len(fp.numeric), batch.num_rows), dtype=np.float64)
+        for j, name in enumerate(fp.numeric):
             try:
-                values = parse_numbers(batch.column(name)).to_numpy(zero_copy_only=False)
+                numbers[j] = parse_numbers(batch.column(name)).to_numpy(zero_copy_only=False)
             except pa.ArrowInvalid:
                 raise self._fail(batch, done) from None
-            if not np.isfinite(values).all():  # NaN is a missing-value marker
+            if not np.isfinite(numbers[j]).all():  # NaN is a missing-value marker
                 raise self._fail(batch, done)
-            numbers.append(values)
         codes = self._codes(batch, done, lines=False)
         try:
             verdicts = self.columns.score(numbers, codes, batch.num_rows)

@@ -13,6 +13,7 @@ https://arrow.apache.org/docs/format/Columnar.html#variable-size-binary-view-lay
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from service import kernels
 from service.column_verdicts import BLOCK_ROWS, BlockVerdicts
 from service.scoring import ScoringModel
 from service.scratch_arrays import ScratchArrays
@@ -29,7 +31,6 @@ from service.scratch_arrays import ScratchArrays
 _COMMA = ord(",")
 # A view: int32 length, then up to 12 bytes inline, or a 4-byte prefix, buffer index, offset.
 _INLINE = 12
-_INLINE_AT = np.arange(_INLINE)
 _SCRATCH = ScratchArrays()
 _SCAN_BYTES = 1 << 18  # looked for a byte at a time in byte_positions
 _VIEW = np.dtype("V16")
@@ -73,10 +74,10 @@ class VerdictText:
         lengths = np.array([len(text) for text in encoded], dtype=np.int64)
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         self._constants = pa.py_buffer(b"".join(encoded))
+        self._k = model.k
+        # Each cluster's, each threshold's, then each verdict's (anomalous, reason) view.
         views = _views(Pieces(self._constants, starts, lengths), _CONSTANTS)
-        self._cluster_views = views[: model.k]
-        self._threshold_views = views[model.k : 2 * model.k]
-        self._verdict_views = views[2 * model.k :]
+        self._constant_views = views.view(np.uint8).reshape(-1, 16)
 
     def rows(self, lines: Pieces, verdicts: BlockVerdicts) -> list[pa.Buffer]:
         """The output text of a block: each line (without its newline), then its verdicts.
@@ -92,20 +93,25 @@ class VerdictText:
         texts = []
         for lo in range(0, n, _ROWS):
             hi = min(lo + _ROWS, n)
-            views = _SCRATCH.get("views", (hi - lo) * _PIECES, _VIEW).reshape(-1, _PIECES)
-            cluster = verdicts.cluster[lo:hi]
             distance = _number_pieces(verdicts.distance[lo:hi])
             score = _number_pieces(verdicts.score[lo:hi])
-            views[:, 0] = _views(lines.slice(lo, hi), _LINES)
-            views[:, 1] = self._cluster_views[cluster]
-            views[:, 2] = _views(distance, _DISTANCE)
-            views[:, 3] = self._threshold_views[cluster]
-            views[:, 4] = _views(score, _SCORE)
-            views[:, 5] = self._verdict_views[verdict[lo:hi]]
+            part = lines.slice(lo, hi)
+            views = _SCRATCH.get("views", (hi - lo) * _PIECES * 16, np.uint8).reshape(-1, 16)
+            kernels.row_views(
+                *(_bytes(part), part.starts, part.lengths),
+                *(_bytes(distance), distance.starts, distance.lengths),
+                *(_bytes(score), score.starts, score.lengths),
+                self._constant_views,
+                verdicts.cluster[lo:hi],
+                verdict[lo:hi],
+                self._k,
+                hi - lo,
+                views,
+            )
             data = [line_data, pa.py_buffer(distance.data), pa.py_buffer(score.data)]
             data.append(self._constants)  # as _LINES, _DISTANCE, _SCORE, _CONSTANTS number them
             pieces = pa.Array.from_buffers(
-                pa.binary_view(), views.size, [None, pa.py_buffer(views), *data]
+                pa.binary_view(), len(views), [None, pa.py_buffer(views), *data]
             )
             joined = pieces.cast(pa.large_binary())
             offsets = np.frombuffer(joined.buffers()[1], dtype=np.int64)
@@ -129,7 +135,8 @@ def _number_pieces(values: npt.NDArray[np.float64]) -> Pieces:
     if not np.isfinite(numbers).all():
         text = pc.cast(pa.array(numbers, type=pa.float64()), pa.string())
         offsets = np.frombuffer(text.buffers()[1], dtype=np.int32)[: len(numbers) + 1]
-        return Pieces(text.buffers()[2], offsets[:-1].astype(np.int64), np.diff(offsets))
+        starts = offsets[:-1].astype(np.int64)
+        return Pieces(text.buffers()[2], starts, np.diff(offsets).astype(np.int64))
     data = orjson.dumps(numbers, option=orjson.OPT_SERIALIZE_NUMPY)  # [a,b,...]
     commas = byte_positions(data, _COMMA)
     if len(commas) != len(numbers) - 1:
@@ -158,37 +165,20 @@ def byte_positions(data: Any, byte: int) -> npt.NDArray[np.intp]:
 def _views(pieces: Pieces, index: int) -> npt.NDArray[np.void]:
     """Binary views of ``pieces``, which lie in the array's variadic buffer ``index``.
 
-    A piece of up to 12 bytes is held inline (zero-padded), a longer one by its first 4
-    bytes, the buffer's index and its offset there.
+    For a model's few constant pieces (the rows' views are made by the C kernel
+    ``row_views``, :mod:`service.kernels`, the same way): the length, then the bytes
+    inline if at most 12 (zero-padded), or else the first 4, the buffer and the offset.
     """
-    data = np.frombuffer(pieces.data, dtype=np.uint8)
-    starts, lengths = pieces.starts, pieces.lengths
-    views = np.empty((len(starts), 4), dtype=np.int32)
-    views[:, 0] = lengths
-    long = lengths > _INLINE
-    if long.all():
-        views[:, 1] = _prefixes(data, starts)
-        views[:, 2] = index
-        views[:, 3] = starts
-    else:
-        short = np.flatnonzero(~long)
-        if len(data):
-            inline = np.take(data, starts[short, None] + _INLINE_AT, mode="clip")
-            inline[lengths[short, None] <= _INLINE_AT] = 0  # past the piece (clipped reads too)
-        else:  # nothing but empty pieces
-            inline = np.zeros((len(short), _INLINE), dtype=np.uint8)
-        views[short, 1:] = inline.view(np.int32)
-        rest = np.flatnonzero(long)
-        views[rest, 1] = _prefixes(data, starts[rest])
-        views[rest, 2] = index
-        views[rest, 3] = starts[rest]
-    return views.view(_VIEW)[:, 0]
+    data = bytes(pieces.data)
+    views = []
+    for start, length in zip(pieces.starts.tolist(), pieces.lengths.tolist(), strict=True):
+        if length <= _INLINE:
+            views.append(struct.pack("=i12s", length, data[start : start + length]))
+        else:
+            views.append(struct.pack("=i4sii", length, data[start : start + 4], index, start))
+    return np.frombuffer(b"".join(views), dtype=_VIEW)
 
 
-def _prefixes(data: npt.NDArray[np.uint8], starts: npt.NDArray[np.int64]) -> npt.NDArray[Any]:
-    """The first 4 bytes at each of ``starts`` (each at least 4 bytes before the end)."""
-    if len(data) < 4:
-        return np.zeros(len(starts), dtype=np.int32)
-    # Every 4 bytes of the data, as int32s one byte apart (unaligned, which numpy allows).
-    words = np.ndarray((len(data) - 3,), dtype=np.int32, buffer=data, strides=(1,))
-    return words[starts]
+def _bytes(pieces: Pieces) -> npt.NDArray[np.uint8]:
+    """The buffer that ``pieces`` lie in, as bytes."""
+    return np.frombuffer(pieces.data, dtype=np.uint8)

@@ -11,14 +11,16 @@ Two paths, both parsing the file once (:mod:`service.block_scoring` scores a blo
 either kind, :mod:`service.csv_output` writes its text):
 
 - fast: when every line is one record (no CRLF, no blank line, no value spanning lines, no
-  bad value), blocks of lines are parsed for the model's columns only and each line is
-  copied to the output as it is;
+  bad value), blocks of lines are parsed for the model's columns only (by a C kernel where
+  the lines are simple, :mod:`service.line_reader`) and each line is copied to the output
+  as it is;
 - general: otherwise, the file is read as text by :func:`training.data.iter_text`, re-quoted
   by pyarrow's CSV writer, and bad values are reported with file, column and row.
 
 The fast path hands over to the general one (from the start) the moment a block does not
-qualify. Work overlaps on threads (numpy, pyarrow and file I/O release the GIL): the calling
-thread reads and writes in order while a small pool parses, scores and formats blocks.
+qualify. Work overlaps on threads (numpy, pyarrow, the C kernels and file I/O release the
+GIL): the calling thread reads and writes in order while a small pool parses, scores and
+formats blocks.
 """
 
 from __future__ import annotations
