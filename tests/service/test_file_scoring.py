@@ -191,6 +191,66 @@ def test_any_csv_gives_the_same_verdicts(
     check_output(model, source, target)
 
 
+def every_tenth(change: Any) -> Any:
+    """An edit: ``change(values)`` on every tenth data line (values split at commas)."""
+
+    def edit(lines: list[str]) -> str:
+        out = [lines[0]]
+        for i, line in enumerate(lines[1:]):
+            values = line.split(",")
+            out.append(",".join(change(values) if i % 10 == 0 else values))
+        return "\n".join(out) + "\n"
+
+    return edit
+
+
+def amount_with_exponent(values: list[str]) -> list[str]:
+    values[2] = f"{float(values[2]):e}"
+    return values
+
+
+def id_with_escaped_quotes(values: list[str]) -> list[str]:
+    values[0] = '"a ""quoted"" id"'
+    return values
+
+
+def quoted_numbers(values: list[str]) -> list[str]:
+    return [f'"{v}"' if v[:1].isdigit() else v for v in values]
+
+
+@pytest.mark.parametrize(
+    ("edit", "by_pyarrow"),
+    [
+        pytest.param(every_tenth(amount_with_exponent), True, id="exponent"),
+        pytest.param(every_tenth(id_with_escaped_quotes), True, id="escaped-quotes"),
+        pytest.param(every_tenth(quoted_numbers), False, id="quoted-numbers"),
+    ],
+)
+def test_lines_the_c_reader_leaves_are_parsed_by_pyarrow(
+    model: ScoringModel,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    edit: Any,
+    by_pyarrow: bool,
+) -> None:
+    # Still one record a line (the fast path), but not simple: pyarrow parses those blocks.
+    parsed: list[int] = []
+    original = block_scoring.BlockScorer._parse_lines
+
+    def parse(self: block_scoring.BlockScorer, data: pa.Buffer) -> Any:
+        parsed.append(data.size)
+        return original(self, data)
+
+    monkeypatch.setattr(block_scoring.BlockScorer, "_parse_lines", parse)
+    general = pytest.fail  # the general path is not taken
+    monkeypatch.setattr(block_scoring.BlockScorer, "score", lambda *_: general("general path"))
+    source = rewrite(demo_csv(tmp_path / "demo.csv", rows=600), tmp_path / "in.csv", edit)
+    target = tmp_path / "scored.csv"
+    score_file(model, source, target, chunk_rows=40)
+    check_output(model, source, target)
+    assert bool(parsed) == by_pyarrow
+
+
 def test_last_column_numeric_with_multiline_values(
     model: ScoringModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
