@@ -76,6 +76,8 @@ class LineReader:
 
     def read(self, block: bytearray | bytes, size: int) -> LineValues | None:
         """The values of ``block[:size]``, lines ending with a newline; None if not simple."""
+        if not 0 <= size <= len(block):  # the kernel reads up to ``size``: never past the end
+            raise ValueError(f"size {size} is outside the block of {len(block)} bytes")
         data = np.frombuffer(block, dtype=np.uint8)
         rows = kernels.count_lines(data, size)
         ends = np.empty(rows, dtype=np.int64)

@@ -145,6 +145,8 @@ def test_a_block_may_be_read_from_the_start_of_a_larger_buffer() -> None:
     values = reader().read(block, len(text))
     assert values is not None
     assert values.numbers.tolist() == [[22.2, 1.0], [3.0, 4.0]]
+    with pytest.raises(ValueError, match="size 38 is outside the block of 37 bytes"):
+        reader().read(block, len(block) + 1)
 
 
 def test_many_categories_and_their_hash_collisions() -> None:
