@@ -28,14 +28,15 @@
 
 enum { SKIP = 0, NUMERIC = 1, CATEGORICAL = 2 };          /* roles of a file's columns */
 enum { TERM_NUMERIC = 0, TERM_CATEGORICAL = 1 };           /* kinds of terms and reasons */
-enum { PLAIN = 0, COMMA = 1, NEWLINE = 2, QUOTE = 3 };     /* bytes by their role in a line */
+enum { PLAIN = 0, COMMA = 1, NEWLINE = 2, QUOTE = 3, RETURN = 4 }; /* bytes' roles in a line */
 
 /* A decimal is read exactly when its digits, as an integer, are at most 2**53 and it has at
    most 22 after the point: both the mantissa and the power of ten are then doubles. */
 #define MAX_MANTISSA (INT64_C(1) << 53)
 #define MAX_FRACTION 22
 
-static const unsigned char byte_class[256] = {[','] = COMMA, ['\n'] = NEWLINE, ['"'] = QUOTE};
+static const unsigned char byte_class[256] = {
+    [','] = COMMA, ['\n'] = NEWLINE, ['"'] = QUOTE, ['\r'] = RETURN};
 
 /* Exact powers of ten: every one up to 10**22 is a double. */
 static const double powers_of_ten[23] = {
@@ -81,28 +82,32 @@ KERNEL int64_t count_lines(const uint8_t *data, int64_t size) {
 }
 
 /*
- * Read `rows` lines, data[:size], each ending with a newline (data[size - 1] is one).
- * Column j of each line is read as roles[j] says, into row slots[j] of `numbers` (a decimal;
+ * Read `rows` lines, data[:size], each ending with a newline (data[size - 1] is one); if
+ * the last one ends with "\r\n", every one must, and no other "\r" may occur (pyarrow reads a
+ * lone one as a line end). Column j of each line is read as roles[j] says, into row slots[j] of `numbers` (a decimal;
  * numbers is (numeric fields, rows)) or of `codes` (the category's position in that field's
  * table, -1 for one not there; codes is (categorical fields, rows)). Field f's table is
  * tables[f * table_size:][:table_size]; its category c is
  * texts[offsets[f * offsets_width + c]:offsets[f * offsets_width + c + 1]].
- * ends[r] is line r's newline. Returns rows, or -1 at the first line that is not simple.
+ * Line r's text, less its line end, is data[starts[r]:ends[r]]. Returns rows, or -1 at the
+ * first line that is not simple.
  */
 KERNEL int64_t read_lines(const uint8_t *data, int64_t size, int64_t rows, int64_t n_columns,
                           const int64_t *roles, const int64_t *slots, const int64_t *tables,
                           int64_t table_size, const uint8_t *texts, const int64_t *offsets,
                           int64_t offsets_width, double *numbers, int64_t *codes,
-                          int64_t *ends) {
+                          int64_t *starts, int64_t *ends) {
     if (size == 0 || data[size - 1] != '\n') {
         return -1;
     }
+    const int crlf = size >= 2 && data[size - 2] == '\r';
     const uint64_t mask = (uint64_t)table_size - 1;
     const int64_t last = n_columns - 1;
     /* Every scan stops at a newline at the latest, and data[size - 1] is one: so no
        position passes it, and none needs checking against size. */
     int64_t pos = 0;
     for (int64_t row = 0; row < rows; row++) {
+        starts[row] = pos;
         for (int64_t column = 0; column <= last; column++) {
             int64_t lo, hi, end;
             if (pos >= size) {
@@ -118,16 +123,18 @@ KERNEL int64_t read_lines(const uint8_t *data, int64_t size, int64_t rows, int64
                 }
                 hi = end;
                 pos = end + 1;
-            } else { /* up to the next comma or newline, no quote in it */
+            } else { /* up to the next comma or line end, no quote in it */
                 lo = end = pos;
                 while (byte_class[data[end]] == PLAIN) {
                     end++;
                 }
                 hi = pos = end;
             }
-            /* The line ends after the last value; a comma follows any other. */
+            /* The line ends after the last value; a comma follows any other. (A "\r" is
+               followed by something: data[size - 1] is a newline.) */
             int after = pos < size ? byte_class[data[pos]] : PLAIN;
-            if (after != (column == last ? NEWLINE : COMMA)) {
+            if (column < last ? after != COMMA
+                              : (crlf ? after != RETURN || data[pos + 1] != '\n' : after != NEWLINE)) {
                 return -1;
             }
             int64_t role = roles[column];
@@ -201,6 +208,7 @@ KERNEL int64_t read_lines(const uint8_t *data, int64_t size, int64_t rows, int64
             pos++;
         }
         ends[row] = pos - 1;
+        pos += crlf; /* past the newline that follows "\r" */
     }
     return pos == size ? rows : -1;
 }

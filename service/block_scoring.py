@@ -87,13 +87,11 @@ class BlockScorer:
     def score_lines(self, block: bytearray, size: int | None = None) -> ScoredText:
         """Score whole lines of the file, each a record: the first ``size`` bytes of ``block``.
 
-        The lines are the input columns' text in the output, as they are. NotLines if that
-        cannot be relied on (a line that is not exactly one record) or if a value is bad:
-        the general path then finds it and names its row.
+        The lines, less their line ends, are the input columns' text in the output, as they
+        are. NotLines if that cannot be relied on (a line that is not exactly one record) or
+        if a value is bad: the general path then finds it and names its row.
         """
         size = len(block) if size is None else size
-        if block.find(b"\r", 0, size) >= 0:  # "\r\n" line ends, or a lone "\r" (a line end)
-            raise NotLines
         data = pa.py_buffer(memoryview(block)[:size])
         try:
             pa.Array.from_buffers(
@@ -103,19 +101,19 @@ class BlockScorer:
             raise NotLines from None
         values = self.lines.read(block, size)
         if values is None:
+            # CR LF line ends, or a lone CR (a line end too): the C reader's alone to read.
+            if block.find(b"\r", 0, size) >= 0:
+                raise NotLines
             values = self._parse_lines(data)
-        ends = values.ends
-        n = len(ends)
+        n = len(values.ends)
         if n == 0:
             raise NotLines
         try:
             verdicts = self.columns.score(values.numbers, values.codes, n)
         except OutOfRange:
             raise NotLines from None
-        starts = np.empty(n, dtype=np.int64)
-        starts[0] = 0
-        starts[1:] = ends[:-1] + 1
-        return self._scored(Pieces(data, starts, ends - starts), verdicts)
+        lines = Pieces(data, values.starts, values.ends - values.starts)
+        return self._scored(lines, verdicts)
 
     def _parse_lines(self, data: pa.Buffer) -> LineValues:
         """:meth:`score_lines`' values by pyarrow's CSV parser, for lines that are not simple.
@@ -150,7 +148,10 @@ class BlockScorer:
             numbers[j] = values.to_numpy()
             if not np.isfinite(numbers[j]).all():
                 raise NotLines
-        return LineValues(ends, numbers, self._codes(table, 0, lines=True))
+        starts = np.empty(n, dtype=np.int64)
+        starts[0] = 0
+        starts[1:] = ends[:-1] + 1
+        return LineValues(starts, ends, numbers, self._codes(table, 0, lines=True))
 
     def score(self, batch: pa.RecordBatch, done: int) -> ScoredText:
         """Score ``batch`` of text (data rows ``done + 1`` on) into CSV text rows."""

@@ -10,10 +10,10 @@ Python objects.
 Two paths, both parsing the file once (:mod:`service.block_scoring` scores a block of
 either kind, :mod:`service.csv_output` writes its text):
 
-- fast: when every line is one record (no CRLF, no blank line, no value spanning lines, no
-  bad value), blocks of lines are parsed for the model's columns only (by a C kernel where
-  the lines are simple, :mod:`service.line_reader`) and each line is copied to the output
-  as it is;
+- fast: when every line is one record (no blank line, no value spanning lines, no bad
+  value; line ends LF, or CR LF throughout a block), blocks of lines are parsed for the
+  model's columns only (by a C kernel where the lines are simple, :mod:`service.line_reader`)
+  and each line is copied to the output as it is, less its line end (the output's are LF);
 - general: otherwise, the file is read as text by :func:`training.data.iter_text`, re-quoted
   by pyarrow's CSV writer, and bad values are reported with file, column and row.
 
@@ -209,6 +209,7 @@ def _line_blocks(scorer: BlockScorer, source: Path, chunk_rows: int) -> Iterator
         if sample.startswith(codecs.BOM_UTF8):
             sample = sample[len(codecs.BOM_UTF8) :]
         first, newline, rest = sample.partition(b"\n")
+        first = first.removesuffix(b"\r")  # a CR LF line end
         if not newline or b"\r" in first or _csv_record(first) != scorer.header:
             raise NotLines
         per_row = len(rest) / max(rest.count(b"\n"), 1)

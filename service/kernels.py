@@ -61,7 +61,7 @@ read_lines = _declare(
     *(_INT64S, _INT64S),  # roles, slots
     *(_INT64S_2D, _INT),  # tables, table size
     *(_BYTES, _INT64S_2D, _INT),  # texts, offsets, offsets' width
-    *(_DOUBLES_2D, _INT64S_2D, _INT64S),  # numbers, codes, ends
+    *(_DOUBLES_2D, _INT64S_2D, _INT64S, _INT64S),  # numbers, codes, starts, ends
 )
 magnitudes = _declare(
     "magnitudes", None, *(_DOUBLES_2D, _INT, _INT, _INT, _INT), _INT, _DOUBLES_2D

@@ -1,8 +1,10 @@
 """Reads a model's values from lines of CSV in one compiled pass, when the lines are simple.
 
-A block of lines is *simple* when every line has exactly the header's number of values and
-each value is either unquoted (no quote, comma or newline in it) or quoted with no quote or
-newline inside (commas are fine); the model's numeric values are plain decimals,
+A block of lines is *simple* when its lines all end with a line feed, or all with a carriage
+return and a line feed (and no other carriage return occurs), every line has exactly the
+header's number of values, each value is either unquoted (no quote, comma or line end in it)
+or quoted with no quote or line end inside (commas are fine), the model's numeric values are
+plain decimals,
 ``-?[0-9]+(.[0-9]+)?``, quoted or not, whose digits (less the fraction's trailing zeros) make
 an integer up to 2**53 with at most 22 after the point; and no category is empty. That is
 what CSV writers write for numbers and codes. Such a block is read in one pass by the C
@@ -31,7 +33,8 @@ from service import kernels
 class LineValues:
     """A block's values: where each line ends, numbers (fields, rows), category codes."""
 
-    ends: npt.NDArray[np.int64]  # each line's newline, as a byte position in the block
+    starts: npt.NDArray[np.int64]  # where each line starts, as a byte position in the block
+    ends: npt.NDArray[np.int64]  # where its line end (LF or CR LF) starts
     numbers: npt.NDArray[np.float64]  # in the order of ``numeric``
     codes: npt.NDArray[np.intp]  # in the order of ``categorical``; -1: not a known category
 
@@ -80,6 +83,7 @@ class LineReader:
             raise ValueError(f"size {size} is outside the block of {len(block)} bytes")
         data = np.frombuffer(block, dtype=np.uint8)
         rows = kernels.count_lines(data, size)
+        starts = np.empty(rows, dtype=np.int64)
         ends = np.empty(rows, dtype=np.int64)
         numbers = np.empty((self._n_numeric, rows), dtype=np.float64)
         codes = np.empty((len(self._tables), rows), dtype=np.int64)
@@ -97,8 +101,9 @@ class LineReader:
             self._offsets.shape[1],
             numbers,
             codes,
+            starts,
             ends,
         )
         if read == kernels.NOT_SIMPLE:
             return None
-        return LineValues(ends, numbers, codes)
+        return LineValues(starts, ends, numbers, codes)

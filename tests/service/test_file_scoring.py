@@ -251,6 +251,26 @@ def test_lines_the_c_reader_leaves_are_parsed_by_pyarrow(
     assert bool(parsed) == by_pyarrow
 
 
+@pytest.mark.parametrize("chunk_rows", [40, 32_768])
+def test_cr_lf_line_ends_take_the_fast_path(
+    model: ScoringModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk_rows: int
+) -> None:
+    # Windows line ends: each line is copied less its CR LF; the output's line ends are LF.
+    general = pytest.fail
+    monkeypatch.setattr(block_scoring.BlockScorer, "score", lambda *_: general("general path"))
+    source = rewrite(
+        demo_csv(tmp_path / "demo.csv", rows=600),
+        tmp_path / "in.csv",
+        lambda lines: "\r\n".join(lines) + "\r\n",
+    )
+    target = tmp_path / "scored.csv"
+    score_file(model, source, target, chunk_rows=chunk_rows)
+    check_output(model, source, target)
+    written = target.read_bytes()
+    assert b"\r" not in written
+    assert written.count(b"\n") == 601
+
+
 def test_last_column_numeric_with_multiline_values(
     model: ScoringModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -384,7 +404,8 @@ def test_values_too_far_out_name_column_and_row(tmp_path: Path) -> None:
         pytest.param('"tx-1",2026,1.5,"01","pos",3,1.0,1,"0.1\n', id="open-quote-before"),
         pytest.param('"tx-1",2026,1.5,"01","pos",3,1.0,1,0.1,"a\nb"\n', id="newline-in-value"),
         pytest.param('"tx-1",2026,1.5,"01","pos",3,1.0,1,0.1,0\n\n', id="blank-line"),
-        pytest.param('"tx-1",2026,1.5,"01","pos",3,1.0,1,0.1,0\r\n', id="crlf"),
+        pytest.param('"tx-1",2026,1.5,"01","pos",3,1.0,1,0.1,0\r\n', id="crlf-after-lf"),
+        pytest.param('"tx-1",2026,1.5,"01","pos",3,1.0,1,0.1,"a\rb"\n', id="lone-cr"),
         pytest.param('"tx-1",2026,twelve,"01","pos",3,1.0,1,0.1,0\n', id="bad-number"),
         pytest.param('"tx-1",2026,1.5,"","pos",3,1.0,1,0.1,0\n', id="empty-category"),
         pytest.param('"tx-\xff",2026,1.5,"01","pos",3,1.0,1,0.1,0\n', id="not-utf8"),
@@ -436,7 +457,7 @@ def test_a_last_chunk_of_one_row_is_scored_as_score_columns_does(
     # a BLAS product, that row would round otherwise than the same row among others.
     rows = kmeans.ASSIGN_CHUNK_ROWS + 1
     source = demo_csv(tmp_path / "in.csv", rows=rows)
-    if edit is not None:  # the general path
+    if edit is not None:  # CR LF line ends
         source = rewrite(source, tmp_path / "crlf.csv", edit)
     for chunk_rows in (65_536, 5_000):
         target = tmp_path / f"scored-{chunk_rows}.csv"

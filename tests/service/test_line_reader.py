@@ -139,6 +139,34 @@ def test_lines_that_are_not_simple_are_left_to_pyarrow(line: bytes) -> None:
     assert read(text) is None
 
 
+def test_lines_ending_with_cr_lf_are_read_as_those_ending_with_lf() -> None:
+    lf = b'tx-1,22.2,05,x,3\n"tx-2",1,"10","y",4\ntx-3,5,99,,-1.5\n'
+    crlf = lf.replace(b"\n", b"\r\n")
+    one, other = read(lf), read(crlf)
+    assert one is not None
+    assert other is not None
+    assert other.numbers.tolist() == one.numbers.tolist()
+    assert other.codes.tolist() == one.codes.tolist()
+    # Each line's text, less its line end.
+    lines = [crlf[s:e] for s, e in zip(other.starts.tolist(), other.ends.tolist(), strict=True)]
+    assert lines == lf.splitlines()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b"tx-1,22.2,05,x,3\ntx-2,1,10,y,4\r\n",  # LF, then CR LF
+        b"tx-1,22.2,05,x,3\r\ntx-2,1,10,y,4\n",  # CR LF, then LF
+        b"tx-1,22.2,05,x\r,3\r\n",  # a lone CR (pyarrow ends a line there)
+        b'tx-1,22.2,05,"x\ry",3\r\n',  # a CR in a quoted value
+        b"tx-1,22.2,05,x,3\r\r\n",  # CR CR LF
+        b"tx-1,22.2,05,x,3\r\n\r\n",  # a blank line
+    ],
+)
+def test_line_ends_of_more_than_one_kind_are_left_to_pyarrow(text: bytes) -> None:
+    assert read(text) is None
+
+
 def test_a_block_may_be_read_from_the_start_of_a_larger_buffer() -> None:
     text = b"tx-1,22.2,05,x,3\ntx-2,1,10,y,4\n"
     block = bytearray(text + b"tx-3,9")  # a line cut short after the block's end
