@@ -6,7 +6,7 @@
  *   (service/line_reader.py says which lines are simple);
  * - scale_rows, nearest: a block's feature vectors, clusters, distances and top reasons
  *   (service/column_verdicts.py);
- * - row_views: the Arrow binary views that assemble output rows (service/csv_output.py).
+ * - join_rows: output rows, each line's text and its verdicts' (service/csv_output.py).
  *
  * Equality with numpy, to the last bit, rests on plain IEEE arithmetic: each operation is
  * rounded on its own, in the order written. The build turns contraction into fused
@@ -347,46 +347,49 @@ KERNEL void nearest(const double *scaled, int64_t stride, const int64_t *codes, 
     }
 }
 
-/* The binary view of data[lo:][:length], in variadic buffer `buffer`, into view[0:16]. */
-static inline void put_view(uint8_t *view, const uint8_t *data, int64_t lo, int64_t length,
-                            int32_t buffer) {
-    int32_t words[4] = {(int32_t)length, 0, 0, 0};
-    if (length <= 12) { /* inline, zero-padded */
-        memcpy(view, words, sizeof words);
-        memcpy(view + 4, data + lo, (size_t)length);
-    } else { /* its first 4 bytes, the buffer and the offset there */
-        words[2] = buffer;
-        words[3] = (int32_t)lo;
-        memcpy(view, words, sizeof words);
-        memcpy(view + 4, data + lo, 4);
-    }
-}
-
-/*
- * The views of n output rows, 6 a row, into views (6n rows of 16 bytes). Row r: its line
- * (variadic buffer 0), the constant view cluster[r], its distance (buffer 1), the constant
- * view n_clusters + cluster[r], its score (buffer 2), the constant view
- * 2 * n_clusters + verdict[r]; `constants` holds the constant views, 16 bytes each.
- */
-KERNEL void row_views(const uint8_t *lines, const int64_t *line_starts,
-                      const int64_t *line_lengths, const uint8_t *distances,
-                      const int64_t *distance_starts, const int64_t *distance_lengths,
-                      const uint8_t *scores, const int64_t *score_starts,
-                      const int64_t *score_lengths, const uint8_t *constants,
-                      const int64_t *cluster, const int64_t *verdict, int64_t n_clusters,
-                      int64_t n, uint8_t *views) {
-    for (int64_t r = 0; r < n; r++) {
-        uint8_t *row = views + 96 * r;
-        put_view(row, lines, line_starts[r], line_lengths[r], 0);
-        memcpy(row + 16, constants + 16 * cluster[r], 16);
-        put_view(row + 32, distances, distance_starts[r], distance_lengths[r], 1);
-        memcpy(row + 48, constants + 16 * (n_clusters + cluster[r]), 16);
-        put_view(row + 64, scores, score_starts[r], score_lengths[r], 2);
-        memcpy(row + 80, constants + 16 * (2 * n_clusters + verdict[r]), 16);
-    }
-}
-
 /* A module with no functions: importing it is how Python finds the library (see kernels.py). */
 static struct PyModuleDef kernels_module = {PyModuleDef_HEAD_INIT, .m_name = "_kernels", .m_size = -1};
 
 PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&kernels_module); }
+
+/*
+ * Output rows, laid end to end into `out`: row r is its line, constant cluster[r], its
+ * distance, constant n_clusters + cluster[r], its score, constant 2 * n_clusters + verdict[r]
+ * (constant c is constants[constant_starts[c]:][:constant_lengths[c]]). Returns the bytes
+ * written, or -1, writing nothing, if they would not fit in out[:capacity].
+ */
+KERNEL int64_t join_rows(const uint8_t *lines, const int64_t *line_starts,
+                         const int64_t *line_lengths, const uint8_t *distances,
+                         const int64_t *distance_starts, const int64_t *distance_lengths,
+                         const uint8_t *scores, const int64_t *score_starts,
+                         const int64_t *score_lengths, const uint8_t *constants,
+                         const int64_t *constant_starts, const int64_t *constant_lengths,
+                         const int64_t *cluster, const int64_t *verdict, int64_t n_clusters,
+                         int64_t n, uint8_t *out, int64_t capacity) {
+    int64_t size = 0;
+    for (int64_t r = 0; r < n; r++) {
+        size += line_lengths[r] + distance_lengths[r] + score_lengths[r] +
+                constant_lengths[cluster[r]] + constant_lengths[n_clusters + cluster[r]] +
+                constant_lengths[2 * n_clusters + verdict[r]];
+    }
+    if (size > capacity) {
+        return -1;
+    }
+    uint8_t *at = out;
+#define PUT(data, start, length)                      \
+    do {                                              \
+        memcpy(at, (data) + (start), (size_t)(length)); \
+        at += (length);                               \
+    } while (0)
+    for (int64_t r = 0; r < n; r++) {
+        int64_t c = cluster[r], t = n_clusters + cluster[r], v = 2 * n_clusters + verdict[r];
+        PUT(lines, line_starts[r], line_lengths[r]);
+        PUT(constants, constant_starts[c], constant_lengths[c]);
+        PUT(distances, distance_starts[r], distance_lengths[r]);
+        PUT(constants, constant_starts[t], constant_lengths[t]);
+        PUT(scores, score_starts[r], score_lengths[r]);
+        PUT(constants, constant_starts[v], constant_lengths[v]);
+    }
+#undef PUT
+    return at - out;
+}

@@ -4,16 +4,13 @@ An output row is made of six pieces: the input row's text, ``,cluster,``, the di
 ``,threshold,``, the score and ``,anomalous,"top_reason"`` with the newline. The distance
 and score are written by orjson (the shortest text that reads back as the same float, and
 several times faster than any other writer at hand); the other pieces repeat, so each is
-written once per model. Pieces are not copied into strings of their own: an Arrow
-binary-view array points at each of them where it lies (input block, orjson's text, the
-model's constants), and one cast to a binary array lays them end to end: that array's data
-is the output text, assembled in a single copy. The views' layout:
-https://arrow.apache.org/docs/format/Columnar.html#variable-size-binary-view-layout
+written once per model. Pieces are not copied into strings of their own: the C kernel
+``join_rows`` (:mod:`service.kernels`) copies each from where it lies (input block,
+orjson's text, the model's constants) into the output text, in a single copy.
 """
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,15 +26,9 @@ from service.scoring import ScoringModel
 from service.scratch_arrays import ScratchArrays
 
 _COMMA = ord(",")
-# A view: int32 length, then up to 12 bytes inline, or a 4-byte prefix, buffer index, offset.
-_INLINE = 12
 _SCRATCH = ScratchArrays()
 _SCAN_BYTES = 1 << 18  # looked for a byte at a time in byte_positions
-_VIEW = np.dtype("V16")
-_PIECES = 6  # per output row
 _ROWS = BLOCK_ROWS  # rows whose text is assembled at a time
-# The array's variadic buffers.
-_LINES, _DISTANCE, _SCORE, _CONSTANTS = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -71,51 +62,50 @@ class VerdictText:
             + [f",{flag},{reason}\n" for flag in ("false", "true") for reason in reasons]
         )
         encoded = [text.encode() for text in texts]
-        lengths = np.array([len(text) for text in encoded], dtype=np.int64)
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-        self._constants = pa.py_buffer(b"".join(encoded))
-        self._k = model.k
-        # Each cluster's, each threshold's, then each verdict's (anomalous, reason) view.
-        views = _views(Pieces(self._constants, starts, lengths), _CONSTANTS)
-        self._constant_views = views.view(np.uint8).reshape(-1, 16)
+        k = model.k
+        # Each cluster's, each threshold's, then each verdict's (anomalous, reason) text.
+        self._k = k
+        self._constants = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+        self._lengths = np.array([len(text) for text in encoded], dtype=np.int64)
+        self._starts = np.concatenate([[0], np.cumsum(self._lengths)[:-1]]).astype(np.int64)
+        # The most bytes that a row's three constant pieces take.
+        lengths = self._lengths
+        self._widest = int(lengths[:k].max() + lengths[k : 2 * k].max() + lengths[2 * k :].max())
 
     def rows(self, lines: Pieces, verdicts: BlockVerdicts) -> list[pa.Buffer]:
-        """The output text of a block: each line (without its newline), then its verdicts.
+        """The output text of a block: each line (without its line end), then its verdicts.
 
         In parts laid end to end, ending with a newline; ``lines`` holds one piece per row of
         ``verdicts``.
         """
         n = len(verdicts.cluster)
-        verdict = verdicts.anomalous.view(np.uint8) * np.intp(self.n_fields + 1)
+        verdict = verdicts.anomalous.view(np.uint8) * np.int64(self.n_fields + 1)
         verdict += verdicts.reason
-        line_data = pa.py_buffer(lines.data)
-        # A few thousand rows at a time: their views and text stay in the CPU's caches.
+        line_bytes = _bytes(lines)
+        # A few thousand rows at a time: their pieces and text stay in the CPU's caches.
         texts = []
         for lo in range(0, n, _ROWS):
             hi = min(lo + _ROWS, n)
             distance = _number_pieces(verdicts.distance[lo:hi])
             score = _number_pieces(verdicts.score[lo:hi])
             part = lines.slice(lo, hi)
-            views = _SCRATCH.get("views", (hi - lo) * _PIECES * 16, np.uint8).reshape(-1, 16)
-            kernels.row_views(
-                *(_bytes(part), part.starts, part.lengths),
+            pieces = (part.lengths, distance.lengths, score.lengths)
+            size = sum(int(lengths.sum()) for lengths in pieces) + (hi - lo) * self._widest
+            # From Arrow's memory pool, which keeps freed memory mapped for the next block (a
+            # fresh numpy array this large is mapped anew and faulted in page by page).
+            buffer = pa.allocate_buffer(size)
+            text = np.frombuffer(buffer, dtype=np.uint8)
+            written = kernels.join_rows(
+                *(line_bytes, part.starts, part.lengths),
                 *(_bytes(distance), distance.starts, distance.lengths),
                 *(_bytes(score), score.starts, score.lengths),
-                self._constant_views,
-                verdicts.cluster[lo:hi],
-                verdict[lo:hi],
-                self._k,
-                hi - lo,
-                views,
+                *(self._constants, self._starts, self._lengths),
+                *(verdicts.cluster[lo:hi], verdict[lo:hi], self._k, hi - lo),
+                *(text, size),
             )
-            data = [line_data, pa.py_buffer(distance.data), pa.py_buffer(score.data)]
-            data.append(self._constants)  # as _LINES, _DISTANCE, _SCORE, _CONSTANTS number them
-            pieces = pa.Array.from_buffers(
-                pa.binary_view(), len(views), [None, pa.py_buffer(views), *data]
-            )
-            joined = pieces.cast(pa.large_binary())
-            offsets = np.frombuffer(joined.buffers()[1], dtype=np.int64)
-            texts.append(joined.buffers()[2][int(offsets[0]) : int(offsets[-1])])
+            if written < 0:  # the kernel checks the sum against size, and writes nothing
+                raise RuntimeError(f"rows {lo} to {hi} do not fit in {size} bytes")
+            texts.append(buffer.slice(0, written))
         return texts
 
 
@@ -160,23 +150,6 @@ def byte_positions(data: Any, byte: int) -> npt.NDArray[np.intp]:
         part = text[lo : lo + _SCAN_BYTES]
         parts.append(np.flatnonzero(np.equal(part, byte, out=found[: len(part)])) + lo)
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-
-def _views(pieces: Pieces, index: int) -> npt.NDArray[np.void]:
-    """Binary views of ``pieces``, which lie in the array's variadic buffer ``index``.
-
-    For a model's few constant pieces (the rows' views are made by the C kernel
-    ``row_views``, :mod:`service.kernels`, the same way): the length, then the bytes
-    inline if at most 12 (zero-padded), or else the first 4, the buffer and the offset.
-    """
-    data = bytes(pieces.data)
-    views = []
-    for start, length in zip(pieces.starts.tolist(), pieces.lengths.tolist(), strict=True):
-        if length <= _INLINE:
-            views.append(struct.pack("=i12s", length, data[start : start + length]))
-        else:
-            views.append(struct.pack("=i4sii", length, data[start : start + 4], index, start))
-    return np.frombuffer(b"".join(views), dtype=_VIEW)
 
 
 def _bytes(pieces: Pieces) -> npt.NDArray[np.uint8]:

@@ -85,12 +85,13 @@ nearest = _declare(
     *(_INT, _INT64S_2D, _DOUBLES_2D, _INT, _INT),  # reasons, ranked, its width, fields
     *(_INT64S, _DOUBLES, _INT64S),  # labels, distance, reason
 )
-row_views = _declare(
-    "row_views",
-    None,
+join_rows = _declare(
+    "join_rows",
+    _INT,
     *(_BYTES, _INT64S, _INT64S),  # lines
     *(_BYTES, _INT64S, _INT64S),  # distances
     *(_BYTES, _INT64S, _INT64S),  # scores
-    *(_array(np.uint8, 2), _INT64S, _INT64S, _INT, _INT),  # constants, cluster, verdict, k, n
-    _array(np.uint8, 2),  # views
+    *(_BYTES, _INT64S, _INT64S),  # constants
+    *(_INT64S, _INT64S, _INT, _INT),  # cluster, verdict, k, rows
+    *(_BYTES, _INT),  # out, its capacity
 )

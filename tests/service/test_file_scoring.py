@@ -521,48 +521,44 @@ def test_numbers_are_written_as_the_shortest_text_that_reads_back(values: list[f
     assert texts[:2] in (["0.1", "1.0"], ["1.5", "inf"])  # shortest: no trailing digits
 
 
-@pytest.mark.parametrize("size", [0, 1, 4, 11, 12, 13, 40])
-def test_views_hold_short_pieces_inline_and_point_at_long_ones(size: int) -> None:
-    # The model's constant pieces (csv_output._views) and the rows' (the C kernel row_views).
+@pytest.mark.parametrize("size", [0, 1, 4, 13, 40])
+def test_rows_are_joined_from_their_pieces(size: int) -> None:
+    # join_rows: each row's line, constant, distance, constant, score, constant, end to end.
     data = bytes(range(33, 33 + 60)) * 2
+    text = np.frombuffer(data, dtype=np.uint8)
     starts = np.array([0, 7, len(data) - size, 50], dtype=np.int64)  # one ending the data
     lengths = np.full(len(starts), size, dtype=np.int64)
-    expected = [data[s : s + size] for s in starts.tolist()]
-    pieces = csv_output.Pieces(data, starts, lengths)
-    constants = csv_output._views(pieces, 0)
-    array = pa.Array.from_buffers(
-        pa.binary_view(), len(constants), [None, pa.py_buffer(constants), pa.py_buffer(data)]
+    backwards = starts[::-1].copy()
+    constants = np.frombuffer(b",0,|,1,|,t0,|,t1,|;false\n|;true\n".replace(b"|", b""), np.uint8)
+    constant_lengths = np.array([3, 3, 4, 4, 7, 6], dtype=np.int64)
+    constant_starts = np.concatenate([[0], np.cumsum(constant_lengths)[:-1]]).astype(np.int64)
+    cluster = np.array([0, 1, 1, 0], dtype=np.int64)
+    verdict = np.array([1, 0, 0, 1], dtype=np.int64)
+    out = np.zeros(1000, dtype=np.uint8)
+
+    def join(capacity: int) -> int:
+        return int(
+            kernels.join_rows(
+                *(text, starts, lengths, text, backwards, lengths, text, starts, lengths),
+                *(constants, constant_starts, constant_lengths, cluster, verdict, 2, 4),
+                *(out, capacity),
+            )
+        )
+
+    written = join(len(out))
+    expected = b"".join(
+        data[s : s + size]
+        + [b",0,", b",1,"][c]
+        + data[d : d + size]
+        + [b",t0,", b",t1,"][c]
+        + data[s : s + size]
+        + [b";false\n", b";true\n"][v]
+        for s, d, c, v in zip(starts, backwards, cluster, verdict, strict=True)
     )
-    array.validate(full=True)
-    assert array.to_pylist() == expected
-    nothing = csv_output.Pieces(b"", np.zeros(2, np.int64), np.zeros(2, np.int64))
-    empty = pa.Array.from_buffers(
-        pa.binary_view(), 2, [None, pa.py_buffer(csv_output._views(nothing, 0))]
-    )
-    assert empty.to_pylist() == [b"", b""]
-    # Rows: line, constant 0 + cluster, distance, constant 1 + cluster, score, constant 2 +
-    # verdict; the constants are the pieces above (buffer 3 of the rows' array).
-    text = np.frombuffer(data, dtype=np.uint8)
-    rows = np.zeros((6 * len(starts), 16), dtype=np.uint8)
-    constant_views = np.ascontiguousarray(constants).view(np.uint8).reshape(-1, 16)
-    zeros = np.zeros(len(starts), dtype=np.int64)
-    kernels.row_views(
-        *(text, starts, lengths, text, starts[::-1].copy(), lengths, text, starts, lengths),
-        *(constant_views, zeros, zeros, 1, len(starts), rows),
-    )
-    joined = pa.Array.from_buffers(
-        pa.binary_view(),
-        len(rows),
-        [None, pa.py_buffer(rows), *(pa.py_buffer(data) for _ in range(3)), pa.py_buffer(data)],
-    )
-    joined.validate(full=True)
-    values = joined.to_pylist()
-    assert values[0::6] == expected
-    assert values[4::6] == expected
-    assert values[2::6] == expected[::-1]
-    # Constant views: cluster 0's (view 0), its threshold's (view 1), verdict 0's (view 2).
-    for piece, view in ((1, 0), (3, 1), (5, 2)):
-        assert values[piece::6] == [expected[view]] * len(starts)
+    assert bytes(out[:written]) == expected
+    out[:] = 0
+    assert join(written - 1) == -1  # too small: nothing is written
+    assert not out.any()
 
 
 @pytest.mark.parametrize("scan_bytes", [3, 1 << 18])
