@@ -44,5 +44,5 @@ test: lint typecheck unit  ## everything CI runs: lint, types, tests
 bench: $(VENV)/.installed-dev  ## quick versions of every benchmark
 	@for b in benchmarks/[a-z]*.py; do echo "== $$b"; $(BIN)/python $$b --quick || exit 1; done
 
-clean:  ## remove the virtualenv, caches and local state (registry included)
-	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache .hypothesis
+clean:  ## remove the virtualenv, caches, the built kernels and local state (registry included)
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache .hypothesis service/_kernels*.so
