@@ -83,10 +83,11 @@ KERNEL int64_t count_lines(const uint8_t *data, int64_t size) {
 
 /*
  * Read `rows` lines, data[:size], each ending with a newline (data[size - 1] is one); if
- * the last one ends with "\r\n", every one must, and no other "\r" may occur (pyarrow reads a
- * lone one as a line end). Column j of each line is read as roles[j] says, into row slots[j] of `numbers` (a decimal;
- * numbers is (numeric fields, rows)) or of `codes` (the category's position in that field's
- * table, -1 for one not there; codes is (categorical fields, rows)). Field f's table is
+ * the last one ends with "\r\n", every one must, and no other "\r" may occur (pyarrow reads
+ * a lone one as a line end). Column j of each line is read as roles[j] says, into row
+ * slots[j] of `numbers` (a decimal; numbers is (numeric fields, rows)) or of `codes` (the
+ * category's position in that field's table, -1 for one not there; codes is (categorical
+ * fields, rows)). Field f's table is
  * tables[f * table_size:][:table_size]; its category c is
  * texts[offsets[f * offsets_width + c]:offsets[f * offsets_width + c + 1]].
  * Line r's text, less its line end, is data[starts[r]:ends[r]]. Returns rows, or -1 at the
@@ -130,9 +131,10 @@ KERNEL int64_t read_lines(const uint8_t *data, int64_t size, int64_t rows, int64
                 }
                 hi = pos = end;
             }
-            /* The line ends after the last value; a comma follows any other. (A "\r" is
-               followed by something: data[size - 1] is a newline.) */
-            int after = pos < size ? byte_class[data[pos]] : PLAIN;
+            /* The line ends after the last value; a comma follows any other. (pos is at
+               most size - 1, and a "\r" is followed by something: data[size - 1] is a
+               newline.) */
+            int after = byte_class[data[pos]];
             if (column < last ? after != COMMA
                               : (crlf ? after != RETURN || data[pos + 1] != '\n' : after != NEWLINE)) {
                 return -1;
@@ -274,16 +276,17 @@ KERNEL int64_t scale_rows(const double *numbers, int64_t p, int64_t n, int64_t l
  * zeros, which leave the sum as it is); weights is (terms, width, k). Then ||c||² is added,
  * the first smallest total wins (argmin), and the distance is sqrt(max(total + ||x||², 0)).
  *
- * Reason e, in field order, is reasons[e] = (kind, field, source, width): a numeric field's
- * part is (scaled[source] - numeric_centres[source, cluster])², ranked below every part if
- * zero; a categorical one's is ranked[e, cluster * width + code + 1] (ranked is (E, L)). The
- * top reason is the field of the first largest part above -1, else n_fields.
+ * Reason f, one per field in field order, is reasons[f] = (kind, source, width): a numeric
+ * field's part is (scaled[source] - numeric_centres[source, cluster])², ranked below every
+ * part if zero; a categorical one's is ranked[f, cluster * width + code + 1] (ranked is
+ * (n_fields, L)). The top reason is the first field with the largest part above -1, else
+ * n_fields.
  */
 KERNEL void nearest(const double *scaled, int64_t stride, const int64_t *codes, int64_t n,
                     int64_t lo, int64_t m, const double *norms, int64_t n_terms,
                     const int64_t *kinds, const int64_t *sources, const double *weights,
                     int64_t width, int64_t k, const double *centroid_norms,
-                    const double *numeric_centres, int64_t n_reasons, const int64_t *reasons,
+                    const double *numeric_centres, const int64_t *reasons,
                     const double *ranked, int64_t ranked_width, int64_t n_fields,
                     int64_t *labels, double *distance, int64_t *reason) {
     double totals[k > 0 ? k : 1];
@@ -325,9 +328,9 @@ KERNEL void nearest(const double *scaled, int64_t stride, const int64_t *codes, 
         distance[r] = sqrt(squared > 0.0 ? squared : 0.0);
         int64_t top = n_fields;
         double most = -1.0; /* below every part that may be named */
-        for (int64_t e = 0; e < n_reasons; e++) {
-            const int64_t *entry = reasons + 4 * e;
-            int64_t source = entry[2];
+        for (int64_t f = 0; f < n_fields; f++) {
+            const int64_t *entry = reasons + 3 * f;
+            int64_t source = entry[1];
             double part;
             if (entry[0] == TERM_NUMERIC) {
                 double difference = scaled[source * stride + r] - numeric_centres[source * k + label];
@@ -336,11 +339,11 @@ KERNEL void nearest(const double *scaled, int64_t stride, const int64_t *codes, 
                     part = -1.0; /* named only if positive: zero ranks as never named */
                 }
             } else {
-                part = ranked[e * ranked_width + label * entry[3] + codes[source * n + lo + r] + 1];
+                part = ranked[f * ranked_width + label * entry[2] + codes[source * n + lo + r] + 1];
             }
             if (part > most) { /* strictly: the first largest wins, as argmax */
                 most = part;
-                top = entry[1];
+                top = f;
             }
         }
         reason[r] = top;

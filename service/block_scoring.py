@@ -195,13 +195,13 @@ class BlockScorer:
 
     def _codes(
         self, table: pa.RecordBatch | pa.Table, done: int, *, lines: bool
-    ) -> npt.NDArray[np.intp]:
+    ) -> npt.NDArray[np.int64]:
         """Each categorical field's category codes (-1: not seen in training), (fields, rows).
 
         An empty value is an error: NotLines on the line path (``lines``), else DataError.
         """
         fp = self.features
-        codes = np.empty((len(fp.categorical), table.num_rows), dtype=np.intp)
+        codes = np.empty((len(fp.categorical), table.num_rows), dtype=np.int64)
         for i, (name, categories) in enumerate(zip(fp.categorical, self.categories, strict=True)):
             text = table.column(name)
             found = pc.index_in(text, value_set=categories)

@@ -98,20 +98,21 @@ class ColumnScorer:
         terms = _product_terms(fp, plan.nearest._minus_two_t)
         self._kinds = np.array([kind for kind, _, _ in terms], dtype=np.int64)
         self._sources = np.array([source for _, source, _ in terms], dtype=np.int64)
-        widest = max((weights.shape[1] for _, _, weights in terms), default=1)
+        widest = max((len(weights) for _, _, weights in terms), default=1)
         # (term, column, cluster): a column's weights for all clusters lie side by side.
         self._weights = np.zeros((len(terms), widest, model.k), dtype=np.float64)
         for t, (_, _, weights) in enumerate(terms):
-            self._weights[t, : weights.shape[1]] = weights.T
+            self._weights[t, : len(weights)] = weights
         centroids = np.asarray(model.centroids, dtype=np.float64)
         # Each cluster's centre in the numeric fields' columns, (p, k).
         self._numeric_centres = np.ascontiguousarray(centroids[:, fp.numeric_at].T)
-        reasons: list[tuple[int, int, int, int]] = []
+        # One reason per field, in field order: (kind, source, width), and its ranked parts.
+        reasons: list[tuple[int, int, int]] = []
         ranked_parts: list[npt.NDArray[np.float64]] = []
         parts = _categorical_parts(model)
         for f, name in enumerate(plan.fields):
             if plan.numeric[f]:
-                reasons.append((kernels.TERM_NUMERIC, f, fp.numeric.index(name), 0))
+                reasons.append((kernels.TERM_NUMERIC, fp.numeric.index(name), 0))
                 ranked_parts.append(np.zeros(0))
                 continue
             i = fp.categorical.index(name)
@@ -124,9 +125,9 @@ class ColumnScorer:
             if usual.size:
                 eligible &= codes[None, :] != (usual - fp.category_start[i])[:, None]
             eligible[:, 0] = True
-            reasons.append((kernels.TERM_CATEGORICAL, f, i, part.shape[1]))
+            reasons.append((kernels.TERM_CATEGORICAL, i, part.shape[1]))
             ranked_parts.append(np.where(eligible, part, -1.0).reshape(-1))
-        self._reasons = np.array(reasons, dtype=np.int64).reshape(-1, 4)
+        self._reasons = np.array(reasons, dtype=np.int64).reshape(-1, 3)
         longest = max((len(part) for part in ranked_parts), default=0)
         self._ranked = np.zeros((len(reasons), max(longest, 1)), dtype=np.float64)
         for e, part in enumerate(ranked_parts):
@@ -177,7 +178,7 @@ class ColumnScorer:
                 *(norms, len(self._kinds), self._kinds, self._sources),
                 *(self._weights, self._weights.shape[1], k),
                 *(self._centroid_norms, self._numeric_centres),
-                *(len(self._reasons), self._reasons, self._ranked, self._ranked.shape[1]),
+                *(self._reasons, self._ranked, self._ranked.shape[1]),
                 self.n_fields,
                 *(cluster[lo:hi], distance[lo:hi], reason[lo:hi]),
             )
@@ -190,18 +191,18 @@ def _product_terms(
 ) -> list[tuple[int, int, npt.NDArray[np.float64]]]:
     """The terms of ``x @ minus_two_t`` in column order: (kind, source, weights).
 
-    A numeric column: its row in the scaled numbers, its weights per cluster as (k, 1). A
+    A numeric column: its row in the scaled numbers, its weights per cluster as (1, k). A
     categorical field, one term at its first column (its columns are adjacent): its row in
-    the codes, its weights per cluster and category as (k, 1 + categories), column 0 for an
+    the codes, its weights per category and cluster as (1 + categories, k), row 0 for an
     unseen category (zeros: it adds nothing).
     """
     terms: list[tuple[int, tuple[int, int, npt.NDArray[np.float64]]]] = []
     for j, column in enumerate(fp.numeric_at):
-        weights = np.ascontiguousarray(minus_two_t[column, :, None])
+        weights = minus_two_t[column][None, :]
         terms.append((int(column), (kernels.TERM_NUMERIC, j, weights)))
     for i, (start, index) in enumerate(zip(fp.category_start, fp.category_index, strict=True)):
-        weights = np.zeros((minus_two_t.shape[1], len(index) + 1), dtype=np.float64)
-        weights[:, 1:] = minus_two_t[start : start + len(index)].T
+        weights = np.zeros((len(index) + 1, minus_two_t.shape[1]), dtype=np.float64)
+        weights[1:] = minus_two_t[start : start + len(index)]
         terms.append((int(start), (kernels.TERM_CATEGORICAL, i, weights)))
     return [term for _, term in sorted(terms, key=lambda t: t[0])]
 

@@ -30,6 +30,7 @@ def _array(dtype: npt.DTypeLike, ndim: int) -> Any:
 
 
 def _load() -> ctypes.CDLL:
+    """The built library; ImportError, saying how to build it, if it is not there."""
     spec = importlib.util.find_spec("service._kernels")
     if spec is None or spec.origin is None:
         raise ImportError(
@@ -46,6 +47,7 @@ _INT, _DOUBLE = ctypes.c_int64, ctypes.c_double
 
 
 def _declare(name: str, restype: Any, *argtypes: Any) -> Any:
+    """The library's function ``name``, its result and argument types set."""
     function = getattr(_LIBRARY, name)
     function.restype = restype
     function.argtypes = argtypes
@@ -82,7 +84,7 @@ nearest = _declare(
     *(_DOUBLES, _INT, _INT64S, _INT64S),  # norms, terms, kinds, sources
     *(_array(np.float64, 3), _INT, _INT),  # weights, width, k
     *(_DOUBLES, _DOUBLES_2D),  # centroid norms, numeric centres
-    *(_INT, _INT64S_2D, _DOUBLES_2D, _INT, _INT),  # reasons, ranked, its width, fields
+    *(_INT64S_2D, _DOUBLES_2D, _INT, _INT),  # reasons, ranked, its width, fields
     *(_INT64S, _DOUBLES, _INT64S),  # labels, distance, reason
 )
 join_rows = _declare(

@@ -4,13 +4,13 @@ A block of lines is *simple* when its lines all end with a line feed, or all wit
 return and a line feed (and no other carriage return occurs), every line has exactly the
 header's number of values, each value is either unquoted (no quote, comma or line end in it)
 or quoted with no quote or line end inside (commas are fine), the model's numeric values are
-plain decimals,
-``-?[0-9]+(.[0-9]+)?``, quoted or not, whose digits (less the fraction's trailing zeros) make
-an integer up to 2**53 with at most 22 after the point; and no category is empty. That is
-what CSV writers write for numbers and codes. Such a block is read in one pass by the C
-kernel ``read_lines`` (:mod:`service.kernels`); anything else (an exponent, an escaped
-quote, a blank line, ``NA``) is left to pyarrow's CSV parser, which the caller uses for that
-block instead: both read the same values from every block that either reads.
+plain decimals, ``-?[0-9]+(.[0-9]+)?``, quoted or not, whose digits (less the fraction's
+trailing zeros) make an integer up to 2**53 with at most 22 after the point, and no category
+is empty. That is what CSV writers write for numbers and codes. Such a block is read in one
+pass by the C kernel ``read_lines`` (:mod:`service.kernels`); anything else (an exponent, an
+escaped quote, a blank line, ``NA``) is left to pyarrow's CSV parser, which the caller uses
+for that block instead (or, for a block with a carriage return, score-file's general path):
+both read the same values from every block that either reads.
 
 The values are those pyarrow reads: a decimal's value is its correctly rounded float64
 (pyarrow's parser rounds correctly too, and Clinger's fast path is exact within those
@@ -31,12 +31,12 @@ from service import kernels
 
 @dataclass(frozen=True)
 class LineValues:
-    """A block's values: where each line ends, numbers (fields, rows), category codes."""
+    """A block's values: where each line starts and ends, numbers and category codes."""
 
     starts: npt.NDArray[np.int64]  # where each line starts, as a byte position in the block
     ends: npt.NDArray[np.int64]  # where its line end (LF or CR LF) starts
-    numbers: npt.NDArray[np.float64]  # in the order of ``numeric``
-    codes: npt.NDArray[np.intp]  # in the order of ``categorical``; -1: not a known category
+    numbers: npt.NDArray[np.float64]  # (fields, rows), in the order of ``numeric``
+    codes: npt.NDArray[np.int64]  # (fields, rows), as ``categorical``; -1: not a known one
 
 
 class LineReader:
@@ -78,7 +78,7 @@ class LineReader:
             start = int(offsets[-1])
 
     def read(self, block: bytearray | bytes, size: int) -> LineValues | None:
-        """The values of ``block[:size]``, lines ending with a newline; None if not simple."""
+        """The values of ``block[:size]``, whole lines (LF or CR LF); None if not simple."""
         if not 0 <= size <= len(block):  # the kernel reads up to ``size``: never past the end
             raise ValueError(f"size {size} is outside the block of {len(block)} bytes")
         data = np.frombuffer(block, dtype=np.uint8)

@@ -54,7 +54,9 @@ def assert_same_as_pyarrow(text: bytes, categories: list[str] = CODES) -> None:
     # Bit for bit: -0.0 and 0.0 differ here.
     assert values.numbers.view(np.int64).tolist() == numbers.view(np.int64).tolist(), text
     assert values.codes.tolist() == codes.tolist()
-    assert values.ends.tolist() == [i for i, b in enumerate(text) if b == ord("\n")]
+    ends = [i for i, b in enumerate(text) if b == ord("\n")]
+    assert values.ends.tolist() == ends
+    assert values.starts.tolist() == [0] + [end + 1 for end in ends[:-1]]
 
 
 def test_a_simple_block_is_read_as_pyarrow_reads_it() -> None:
@@ -163,7 +165,7 @@ def test_lines_ending_with_cr_lf_are_read_as_those_ending_with_lf() -> None:
         b"tx-1,22.2,05,x,3\r\n\r\n",  # a blank line
     ],
 )
-def test_line_ends_of_more_than_one_kind_are_left_to_pyarrow(text: bytes) -> None:
+def test_carriage_returns_other_than_in_every_line_end_are_not_read(text: bytes) -> None:
     assert read(text) is None
 
 
